@@ -1,0 +1,36 @@
+# Every target sets itself up: a virtualenv in .venv, torch first (the CPU wheel where one is available, so pip
+# does not pull CUDA packages), then the project with its extras.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= dev,alfworld,quant,tracking
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell echo "$(TORCH_SPEC) $(EXTRAS)" | cksum | cut -d' ' -f1)
+
+.PHONY: setup demo test test-slow bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/gflowvlm demo --out demo_out
+
+test: setup
+	$(PY) -m pytest -q -n 2 --dist loadfile
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+bench: setup
+	$(PY) scripts/bench_envs.py
+	$(PY) scripts/bench_objectives.py
+	$(PY) scripts/bench_policy.py
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

@@ -1,0 +1,1 @@
+"""One module per `gflowvlm` subcommand; each exposes `main(argv) -> int`."""

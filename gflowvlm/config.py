@@ -92,16 +92,14 @@ class PPOConfig:
     gae_lambda: float = 0.95
     clip: float = 0.1
     epochs: int = 4
-    minibatch_size: int = 8
+    minibatch_size: int = 8  # steps per PPO minibatch (each is one optimizer step)
     value_coef: float = 0.5
     normalize_advantages: bool = True
 
 
 @dataclass
 class SFTConfig:
-    data: str = ""  # a JSONL file written by `gflowvlm make-sft-data`
-    epochs: float = 1.0
-    batch_size: int = 16
+    data: str = ""  # a JSONL file written by `gflowvlm make-sft-data`; `steps` batches of optim.batch_size
 
 
 @dataclass

@@ -1,0 +1,85 @@
+"""GFlowNet fine-tuning (TB, Var-TB, SubTB(lambda), DB; flows from a head, [DONE] or forward-looking).
+
+One update: collect on-policy trajectories -> add the oracle's trajectory for failed tasks (the paper's expert
+injection) -> keep the best in the replay buffer and mix replayed ones in -> score every trajectory under the
+CURRENT policy -> objective -> backward -> one optimizer step.
+"""
+from __future__ import annotations
+
+import random
+import time
+
+from gflowvlm.algorithms.common import backward, make_generate, rollout_metrics, sync_context
+from gflowvlm.collector import Collector, derived_seed
+from gflowvlm.gflownet_loss import chunk_by_group, gflownet_loss
+from gflowvlm.replay_buffer import ReplayBuffer
+
+
+class GFlowNet:
+    def __init__(self, trainer):
+        self.trainer = trainer
+        config = trainer.config
+        self.collector = Collector(config, rank=trainer.accelerator.process_index,
+                                   count_tokens=trainer.policy.count_tokens)
+        self.replay = ReplayBuffer(config.collect.replay_size)
+        self.generate = make_generate(trainer)
+        self.last_trajectories = []
+
+    def update(self, iteration: int) -> dict[str, float]:
+        trainer, config = self.trainer, self.trainer.config
+        trainer.model.eval()  # dropout off: the scored distribution must be the sampled one
+        seconds = {"collect": 0.0, "score_update": 0.0}
+        metrics: dict[str, float] = {}
+        finite = True
+        for micro in range(config.optim.grad_accum):
+            started = time.perf_counter()
+            round_index = iteration * config.optim.grad_accum + micro
+            on_policy = self.collector.collect(self.generate, round_index)
+            batch = on_policy + self._off_policy(on_policy, round_index)
+            seconds["collect"] += time.perf_counter() - started
+            started = time.perf_counter()
+            chunks = chunk_by_group(batch, config.optim.batch_size)
+            last_micro = micro == config.optim.grad_accum - 1
+            scale_total = len(batch) * config.optim.grad_accum
+            for index, chunk in enumerate(chunks):
+                with sync_context(trainer, last_micro and index == len(chunks) - 1):
+                    loss, stats = gflownet_loss(trainer.model, trainer.policy, chunk, config)
+                    finite &= backward(trainer, loss, len(chunk) / scale_total)
+                for key, value in {"loss": float(loss.detach()), **stats}.items():
+                    metrics[key] = metrics.get(key, 0.0) + value * len(chunk) / scale_total
+            seconds["score_update"] += time.perf_counter() - started
+            for key, value in rollout_metrics(on_policy).items():
+                scale = 1.0 if key.endswith("_this_step") else 1.0 / config.optim.grad_accum
+                metrics[key] = metrics.get(key, 0.0) + value * scale
+            metrics["replay_size"] = float(len(self.replay))
+            metrics["off_policy_fraction"] = 1.0 - len(on_policy) / len(batch)
+            self.last_trajectories = batch
+        started = time.perf_counter()
+        stepped = trainer.optimizer_step(finite)
+        seconds["score_update"] += time.perf_counter() - started
+        metrics["skipped_step"] = 0.0 if stepped else 1.0
+        metrics.update({f"seconds_{k}": v for k, v in seconds.items()})
+        if (iteration + 1) % config.logging.sample_every == 0:
+            trainer.logger.samples(self.last_trajectories, iteration + 1)
+        return metrics
+
+    def _off_policy(self, on_policy, round_index: int):
+        config = self.trainer.config
+        extra = []
+        if config.collect.expert_injection:
+            tasks = {}
+            for trajectory in on_policy:
+                tasks.setdefault((trajectory.task_seed, trajectory.group), []).append(trajectory.success)
+            for (seed, group), successes in tasks.items():
+                if not any(successes):
+                    extra.append(self.collector.expert_trajectory(seed, group))
+        for trajectory in on_policy + extra:
+            self.replay.add(trajectory)
+        rng = random.Random(derived_seed(config.seed, self.trainer.accelerator.process_index, round_index, 3))
+        return extra + self.replay.sample(config.collect.replay_samples, rng)
+
+    def state_dict(self) -> dict:
+        return {"replay": self.replay.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.replay.load_state_dict(state["replay"])

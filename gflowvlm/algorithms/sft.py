@@ -1,0 +1,59 @@
+"""Supervised fine-tuning on oracle data: cross-entropy on the response tokens only (the prompt and image tokens
+carry no loss), through the same scoring forward as every other algorithm.
+
+Batches are drawn from a seeded permutation per epoch and the position in it follows from the step counter, so a
+resumed run sees exactly the batches an uninterrupted one would. Each rank takes its own slice of every batch.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from gflowvlm.algorithms.common import backward, sync_context
+from gflowvlm.collector import derived_seed
+from gflowvlm.sft_data import load_prompt, read_sft_data
+
+
+class SFT:
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.records = read_sft_data(trainer.config.sft.data)
+
+    def batch_indices(self, iteration: int) -> list[int]:
+        config, accelerator = self.trainer.config, self.trainer.accelerator
+        size = config.optim.batch_size * accelerator.num_processes
+        count = len(self.records)
+        start = iteration * size
+        indices = []
+        for position in range(start, start + size):
+            epoch, offset = divmod(position, count)
+            order = np.random.default_rng(derived_seed(config.seed, epoch)).permutation(count)
+            indices.append(int(order[offset]))
+        return indices[accelerator.process_index::accelerator.num_processes]
+
+    def update(self, iteration: int) -> dict[str, float]:
+        trainer = self.trainer
+        trainer.model.train()
+        started = time.perf_counter()
+        records = [self.records[i] for i in self.batch_indices(iteration)]
+        prompts = [load_prompt(record) for record in records]
+        responses = [record["response"] for record in records]
+        with sync_context(trainer, True):
+            out = trainer.model(trainer.policy.prepare_batch(prompts, responses), cot_weight=1.0)
+            tokens = (out.action_tokens + out.cot_tokens).sum().clamp(min=1)
+            loss = -(out.action_logp + out.cot_logp).sum() / tokens
+            finite = backward(trainer, loss, 1.0)
+        stepped = trainer.optimizer_step(finite)
+        done = [i for i, record in enumerate(records) if record.get("done")]
+        metrics = {"loss": float(loss.detach()), "tokens": float(tokens), "skipped_step": float(not stepped),
+                   "seconds_update": time.perf_counter() - started, "env_steps_this_step": 0.0}
+        if done:
+            metrics["done_logp"] = float(out.done_logp[done].mean().detach())
+        return metrics
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        del state  # SFT's data order follows from the step counter

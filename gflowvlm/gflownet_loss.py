@@ -1,0 +1,135 @@
+"""From collected trajectories to a GFlowNet loss: score every step under the current policy, then apply the
+objective the config names (tb, vartb, subtb, db) with the flow parameterisation it names (head, done,
+forward_looking).
+
+The policy's `forward` is the only call that builds the graph (it is the call DDP synchronises), so all steps of
+the trajectories in one chunk go through ONE forward.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from gflowvlm import flows, objectives
+from gflowvlm.config import RunConfig
+from gflowvlm.trajectory import Trajectory, pad_per_step, step_mask
+
+GFLOWNET_ALGORITHMS = ("tb", "vartb", "subtb", "db")
+
+
+def required_heads(config: RunConfig) -> tuple[str, ...]:
+    """The heads an algorithm trains (DDP needs every trainable parameter to get a gradient each step)."""
+    if config.algorithm == "tb":
+        return ("log_z",)
+    if config.algorithm in ("subtb", "db") and config.objective.flow in ("head", "forward_looking"):
+        return ("flow",)
+    if config.algorithm == "ppo":
+        return ("value",)
+    return ()
+
+
+def needs_final_state(config: RunConfig, trajectory: Trajectory) -> bool:
+    """Forward-looking flows evaluate the head at the last state of a trajectory that was cut short."""
+    return (config.algorithm in ("subtb", "db") and config.objective.flow == "forward_looking"
+            and not trajectory.terminated)
+
+
+def chunk_by_group(trajectories: Sequence[Trajectory], max_steps: int) -> list[list[Trajectory]]:
+    """Split into chunks of whole task groups (Var-TB compares a task's samples) of about `max_steps` steps."""
+    groups: dict[tuple[str, int, int], list[Trajectory]] = {}
+    for trajectory in trajectories:
+        groups.setdefault((trajectory.env_id, trajectory.task_seed, trajectory.group), []).append(trajectory)
+    chunks: list[list[Trajectory]] = []
+    current: list[Trajectory] = []
+    current_steps = 0
+    for members in groups.values():
+        steps = sum(max(1, t.length) for t in members)
+        if current and current_steps + steps > max_steps:
+            chunks.append(current)
+            current, current_steps = [], 0
+        current.extend(members)
+        current_steps += steps
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def gflownet_loss(model, policy, trajectories: Sequence[Trajectory], config: RunConfig
+                  ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The objective's loss over `trajectories` (mean over trajectories) and statistics for logging."""
+    objective = config.objective
+    prompts, responses, rows = [], [], []
+    for trajectory in trajectories:
+        rows.append(list(range(len(prompts), len(prompts) + trajectory.length)))
+        prompts.extend(step.prompt for step in trajectory.steps)
+        responses.extend(step.response for step in trajectory.steps)
+    final_rows = {}
+    for b, trajectory in enumerate(trajectories):
+        if needs_final_state(config, trajectory):
+            final_rows[b] = len(prompts)
+            prompts.append(trajectory.final_prompt)
+            responses.append("")
+    batch = policy.prepare_batch(prompts, responses)
+    out = model(batch, cot_weight=objective.cot_weight)
+
+    lengths = [t.length for t in trajectories]
+    width = max(lengths)
+    mask = step_mask(lengths, width).to(out.log_pf.device)
+    index = torch.zeros((len(trajectories), width), dtype=torch.long)
+    for b, row in enumerate(rows):
+        index[b, : len(row)] = torch.tensor(row, dtype=torch.long)
+    index = index.to(out.log_pf.device)
+    zero = torch.zeros((), dtype=out.log_pf.dtype, device=out.log_pf.device)
+    log_pf = torch.where(mask, out.log_pf[index], zero)
+    state_log_reward = flows.shape_log_reward(
+        pad_per_step([t.state_log_rewards() for t in trajectories], width + 1).to(out.log_pf.device),
+        beta=objective.reward_beta, min_log_reward=objective.min_log_reward)
+    n = torch.tensor(lengths, device=out.log_pf.device)
+    log_reward = state_log_reward.gather(1, n[:, None]).squeeze(1)
+
+    stats: dict[str, float] = {
+        "log_pf": float(log_pf.sum(1).mean().detach()),
+        "action_logp": float(torch.where(mask, out.action_logp[index], zero).sum(1).mean().detach()),
+        "cot_logp": float(torch.where(mask, out.cot_logp[index], zero).sum(1).mean().detach()),
+        "log_reward": float(log_reward.mean()),
+    }
+    algorithm = config.algorithm
+    if algorithm == "tb":
+        log_z = policy.head("log_z", out.hidden[index[:, 0]]).to(log_pf.dtype)
+        loss = objectives.trajectory_balance(log_pf, log_reward, log_z, mask)
+        stats["log_z"] = float(log_z.mean().detach())
+    elif algorithm == "vartb":
+        keys = {}
+        group = torch.tensor([keys.setdefault((t.env_id, t.task_seed), len(keys)) for t in trajectories],
+                             device=log_pf.device)
+        loss = objectives.log_partition_variance(log_pf, log_reward, mask, group)
+        stats["log_z"] = float((log_reward - log_pf.sum(1)).mean().detach())  # the zeta estimate of log Z
+    else:
+        log_flow = _log_flow(out, policy, index, mask, state_log_reward, log_reward, trajectories, final_rows,
+                             objective.flow)
+        stats["log_z"] = float(log_flow[:, 0].mean().detach())
+        if algorithm == "subtb":
+            loss = objectives.subtrajectory_balance(log_pf, log_flow, mask, objective.lam)
+        else:
+            loss = objectives.detailed_balance(log_pf, log_flow, mask)
+    return loss, stats
+
+
+def _log_flow(out, policy, index, mask, state_log_reward, log_reward, trajectories, final_rows, flow):
+    if flow == "done":
+        done_logp = torch.where(mask, out.done_logp[index], torch.zeros_like(out.done_logp[index]))
+        return flows.log_flow_from_done(state_log_reward, done_logp.to(state_log_reward.dtype), mask)
+    head = policy.head("flow", out.hidden).to(state_log_reward.dtype)  # one value per scored row
+    per_step = torch.where(mask, head[index], torch.zeros_like(head[index]))
+    if flow == "head":
+        return flows.log_flow_from_head(per_step, log_reward, mask)
+    # forward-looking: log F~ at s_0..s_{n-1} from the steps, at s_n from the extra final-state row if any
+    tilde = torch.nn.functional.pad(per_step, (0, 1))
+    if final_rows:
+        rows_b = torch.tensor(list(final_rows), device=mask.device)
+        rows_t = torch.tensor([trajectories[b].length for b in final_rows], device=mask.device)
+        values = head[torch.tensor(list(final_rows.values()), device=mask.device)]
+        tilde = tilde.index_put((rows_b, rows_t), values)  # out of place: the gradient reaches the head
+    terminal = torch.tensor([t.terminated for t in trajectories], dtype=torch.bool, device=mask.device)
+    return flows.log_flow_forward_looking(tilde, state_log_reward, mask, terminal)

@@ -1,0 +1,101 @@
+"""Supervised data from the environments' oracles: (image, prompt with history, JSON response) records.
+
+Layout: a JSONL file, one record per line, and a folder of PNG images beside it (`<name>_images/`):
+    {"image": "<name>_images/000042.png", "prompt": "...", "response": "{...json...}", "done": false,
+     "env_id": "...", "split": "id", "task_seed": 7, "step": 2}
+`done: true` records are the paper's [DONE] samples: the prompt of a terminal state answered by the [DONE] token,
+which teaches the termination probability that SubTB/DB's [DONE] flows are read from.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from gflowvlm.cli import UserError
+from gflowvlm.collector import play_expert
+from gflowvlm.config import PromptConfig
+from gflowvlm.env_factory import make_env
+from gflowvlm.prompting import Prompt, PromptBuilder
+
+DONE_TOKEN = "[DONE]"
+
+
+def write_sft_data(env_id: str, out: str | Path, samples: int, split: str = "id", done_fraction: float = 0.0,
+                   image_size: int = 64, seed: int = 0, prompt_config: PromptConfig | None = None,
+                   env_kwargs: dict | None = None, progress: bool = True) -> Path:
+    if samples <= 0:
+        raise UserError(f"--samples must be positive, got {samples}")
+    if not 0.0 <= done_fraction < 1.0:
+        raise UserError(f"--done-fraction must be in [0, 1), got {done_fraction}")
+    out = Path(out)
+    images = out.parent / f"{out.stem}_images"
+    images.mkdir(parents=True, exist_ok=True)
+    env = make_env(env_id, split=split, image_size=image_size, **(env_kwargs or {}))
+    builder = PromptBuilder(env_id, prompt_config or PromptConfig())
+    n_done = round(samples * done_fraction)
+    n_action = samples - n_done
+    written_action = written_done = 0
+    with open(out, "w", encoding="utf-8") as handle, tqdm(total=samples, desc=f"sft data {env_id}",
+                                                          disable=not progress) as bar:
+        for episode_seed in _episode_seeds(seed):
+            trajectory = play_expert(env, builder, episode_seed, 0, env_id)
+            pending = [(step.prompt, step.response, False, t) for t, step in enumerate(trajectory.steps)]
+            pending.append((trajectory.final_prompt, DONE_TOKEN, True, trajectory.length))
+            for prompt, response, done, t in pending:
+                if done and written_done >= n_done or not done and written_action >= n_action:
+                    continue
+                if done and done_fraction == 0.0:
+                    continue
+                name = f"{written_action + written_done:07d}.png"
+                Image.fromarray(prompt.image).save(images / name)
+                record = {"image": f"{images.name}/{name}", "prompt": prompt.text, "response": response,
+                          "done": done, "env_id": env_id, "split": split, "task_seed": episode_seed, "step": t}
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                written_done += done
+                written_action += not done
+                bar.update(1)
+            if written_action >= n_action and written_done >= n_done:
+                break
+    env.close()
+    return out
+
+
+def _episode_seeds(seed: int) -> Iterator[int]:
+    episode = 0
+    while True:
+        yield seed * 1_000_003 + episode
+        episode += 1
+
+
+def read_sft_data(path: str | Path) -> list[dict]:
+    """Records with the image path resolved; one-line errors for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"SFT data file not found: {path}")
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            record["image"] = str(path.parent / record["image"])
+            _ = record["prompt"], record["response"]
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"{path}:{number}: not a valid SFT record") from None
+        records.append(record)
+    if not records:
+        raise UserError(f"SFT data file {path} holds no records")
+    return records
+
+
+def load_prompt(record: dict) -> Prompt:
+    try:
+        image = np.asarray(Image.open(record["image"]).convert("RGB"), dtype=np.uint8)
+    except OSError:
+        raise UserError(f"cannot read SFT image {record['image']}") from None
+    return Prompt(text=record["prompt"], image=image)

@@ -1,0 +1,230 @@
+"""The training run: one loop for every algorithm, read top to bottom.
+
+    setup:   accelerator -> policy (adapters + the heads the algorithm needs) -> optimizer (adapter / head groups)
+    loop:    algorithm.update(iteration)  [collect -> score under the current policy -> loss -> backward -> step]
+             -> metrics (reduced over ranks) -> metrics.jsonl / trackers / progress bar -> periodic checkpoint
+    end:     final checkpoint + `final/` adapter directory (PeftModel.from_pretrained loads it)
+
+Algorithms (gflowvlm/algorithms/) only implement `update`; everything a run shares lives here.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import set_seed
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from gflowvlm import checkpoint
+from gflowvlm.cli import UserError
+from gflowvlm.config import RunConfig, config_to_dict
+from gflowvlm.gflownet_loss import required_heads
+from gflowvlm.run_logger import RunLogger
+from gflowvlm.safe_state import load_state, save_state
+
+
+class NonFiniteLossError(UserError):
+    """Too many non-finite losses in a row: the run stops instead of training on garbage."""
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, accelerator: Accelerator | None = None):
+        self.config = config
+        self.output_dir = Path(config.output_dir)
+        # broadcast_buffers=False: ranks may run different numbers of forwards per step (their trajectories differ
+        # in length), and DDP's per-forward buffer broadcast would then deadlock. Buffers here are constants.
+        self.accelerator = accelerator or Accelerator(
+            mixed_precision=config.mixed_precision, log_with=config.logging.trackers or None,
+            project_dir=str(self.output_dir),
+            kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+        # Same seed on every rank while the model is built, so LoRA initialisations agree.
+        set_seed(config.seed)
+        from gflowvlm.policy import VLMPolicy  # deferred: transformers is slow to import
+
+        self.policy = VLMPolicy.from_config(config.model, heads=required_heads(config))
+        adapter_params, head_params = self.policy.parameter_groups()
+        groups = [{"params": adapter_params, "lr": config.optim.lr}]
+        if head_params:
+            groups.append({"params": head_params, "lr": config.optim.head_lr})
+        if not any(group["params"] for group in groups):
+            raise UserError("nothing to train: the model has no trainable parameters (model.adapter=none and no heads)")
+        groups = [group for group in groups if group["params"]]
+        optimizer = torch.optim.AdamW(groups, weight_decay=config.optim.weight_decay)
+        self.model, self.optimizer = self.accelerator.prepare(self.policy, optimizer)
+        # The scheduler is stepped by hand once per optimizer step: accelerate's wrapper would step it once per
+        # process, which assumes a dataset split over ranks and would run the cosine num_processes times faster.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer.optimizer, [self._lr_factor(group["lr"]) for group in groups])
+        self.step = 0
+        self.env_steps = 0
+        self.nonfinite_streak = 0
+        self.logger = RunLogger(self.output_dir, self.accelerator, config.logging.trackers)
+        self.algorithm = _make_algorithm(self)
+
+    # ----- schedule ---------------------------------------------------------------------------------------------
+    def _lr_factor(self, base_lr: float):
+        optim = self.config.optim
+        period = optim.cosine_period or max(1, self.config.steps - optim.warmup_steps)
+        floor = min(1.0, optim.min_lr / base_lr) if base_lr > 0 else 0.0
+
+        def factor(step: int) -> float:
+            if step < optim.warmup_steps:
+                return (step + 1) / optim.warmup_steps
+            phase = ((step - optim.warmup_steps) % period) / period
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * phase))
+        return factor
+
+    # ----- the loop -----------------------------------------------------------------------------------------------
+    def train(self) -> Path:
+        accelerator = self.accelerator
+        if accelerator.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(self.config), sort_keys=False))
+        if self.config.resume:
+            self.resume()
+        if self.config.logging.trackers:
+            accelerator.init_trackers(self.config.logging.project, config=_flat(config_to_dict(self.config)))
+        progress = tqdm(total=self.config.steps, initial=self.step, desc=self.config.algorithm, unit="step",
+                        disable=not (accelerator.is_main_process and self.config.logging.progress))
+        while self.step < self.config.steps:
+            started = time.perf_counter()
+            metrics = self.algorithm.update(self.step)
+            metrics = self._reduce(metrics)
+            self.env_steps += int(metrics.pop("env_steps_this_step", 0))
+            self.step += 1
+            metrics.update(env_steps=self.env_steps, lr=self.scheduler.get_last_lr()[0],
+                           seconds=time.perf_counter() - started)
+            if self.step % self.config.logging.log_every == 0 or self.step == self.config.steps:
+                self.logger.log(metrics, self.step)
+            progress.update(1)
+            progress.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss", "success_rate") if k in metrics})
+            if self.step % self.config.logging.save_every == 0 and self.step < self.config.steps:
+                self.save_checkpoint()
+        progress.close()
+        self.save_checkpoint()
+        final = self.output_dir / "final"
+        if accelerator.is_main_process:
+            self.policy.save_pretrained(str(final))
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+        return final
+
+    def optimizer_step(self, loss_is_finite: bool, schedule: bool = True) -> bool:
+        """Clip, step, schedule; a non-finite loss on ANY rank skips the step on every rank (counted).
+
+        `schedule=False` keeps the learning rate (PPO takes several optimizer steps per update, one schedule step).
+        """
+        finite = torch.tensor(1.0 if loss_is_finite else 0.0, device=self.accelerator.device)
+        finite = bool(self.accelerator.reduce(finite, reduction="sum").item() == self.accelerator.num_processes)
+        if not finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_streak += 1
+            if self.nonfinite_streak >= self.config.objective.max_nonfinite_steps:
+                raise NonFiniteLossError(
+                    f"{self.nonfinite_streak} non-finite losses in a row at step {self.step}: lower optim.lr, raise "
+                    "objective.min_log_reward, or check the rewards (see metrics.jsonl)")
+            return False
+        self.nonfinite_streak = 0
+        if self.config.optim.grad_clip > 0:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
+        self.optimizer.step()
+        if schedule:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return True
+
+    def _reduce(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Mean over ranks (sums for counters named *_this_step)."""
+        if self.accelerator.num_processes == 1:
+            return metrics
+        keys = sorted(metrics)
+        values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=self.accelerator.device)
+        summed = self.accelerator.reduce(values, reduction="sum").tolist()
+        n = self.accelerator.num_processes
+        return {k: (v if k.endswith("_this_step") else v / n) for k, v in zip(keys, summed)}
+
+    # ----- checkpoints ------------------------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        accelerator = self.accelerator
+        temporary = checkpoint.temporary_dir(self.output_dir, self.step)
+        final = self.output_dir / checkpoint.checkpoint_name(self.step)
+        if accelerator.is_main_process:
+            checkpoint.prune(self.output_dir, self.config.logging.keep_last)  # also clears stale temporaries
+            temporary.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        rank = accelerator.process_index
+        if accelerator.is_main_process:
+            self.policy.save_pretrained(str(temporary / "policy"))
+            trainable = {name: p.detach().cpu().contiguous() for name, p in self.policy.named_parameters()
+                         if p.requires_grad}
+            save_file(trainable, str(temporary / "trainable.safetensors"))
+            save_state(self.optimizer.state_dict(), temporary, "optimizer")
+            save_state(self.scheduler.state_dict(), temporary, "scheduler")
+            (temporary / "trainer_state.json").write_text(json.dumps(
+                {"step": self.step, "env_steps": self.env_steps, "nonfinite_streak": self.nonfinite_streak,
+                 "num_processes": accelerator.num_processes, "algorithm": self.config.algorithm}))
+        save_state(checkpoint.rng_state(), temporary, f"rng_rank{rank}")
+        save_state(self.algorithm.state_dict(), temporary, f"algorithm_rank{rank}")
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            checkpoint.finalize(temporary, final)
+            checkpoint.prune(self.output_dir, self.config.logging.keep_last)
+        accelerator.wait_for_everyone()
+        return final
+
+    def resume(self, directory: str | Path | None = None) -> None:
+        path = Path(directory) if directory else checkpoint.latest(self.output_dir)
+        if path is None:
+            return  # resume=true on a fresh output directory starts from scratch
+        checkpoint.verify(path)
+        state = json.loads((path / "trainer_state.json").read_text())
+        if state["num_processes"] != self.accelerator.num_processes:
+            raise UserError(f"checkpoint {path} was written by {state['num_processes']} processes, this run has "
+                            f"{self.accelerator.num_processes}: exact resumption needs the same number")
+        trainable = load_file(str(path / "trainable.safetensors"))
+        params = dict(self.policy.named_parameters())
+        missing = [name for name, p in params.items() if p.requires_grad and name not in trainable]
+        if missing:
+            raise checkpoint.CheckpointError(f"checkpoint {path} does not match this model: {missing[0]} is missing")
+        with torch.no_grad():
+            for name, value in trainable.items():
+                params[name].copy_(value)
+        self.optimizer.load_state_dict(load_state(path, "optimizer"))
+        self.scheduler.load_state_dict(load_state(path, "scheduler"))
+        rank = self.accelerator.process_index
+        checkpoint.set_rng_state(load_state(path, f"rng_rank{rank}"))
+        self.algorithm.load_state_dict(load_state(path, f"algorithm_rank{rank}"))
+        self.step, self.env_steps = int(state["step"]), int(state["env_steps"])
+        self.nonfinite_streak = int(state["nonfinite_streak"])
+        self.logger.truncate_after(self.step)
+
+
+def _make_algorithm(trainer: Trainer):
+    algorithm = trainer.config.algorithm
+    if algorithm == "ppo":
+        from gflowvlm.algorithms.ppo import PPO
+
+        return PPO(trainer)
+    if algorithm == "sft":
+        from gflowvlm.algorithms.sft import SFT
+
+        return SFT(trainer)
+    from gflowvlm.algorithms.gflownet import GFlowNet
+
+    return GFlowNet(trainer)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return out

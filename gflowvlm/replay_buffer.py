@@ -40,7 +40,7 @@ class ReplayBuffer:
         items.append(trajectory)
         items.sort(key=lambda item: item.final_log_reward, reverse=True)
         del items[self.capacity:]
-        return trajectory in items
+        return any(item is trajectory for item in items)
 
     def sample(self, count: int, rng: random.Random) -> list[Trajectory]:
         """`count` stored trajectories, uniformly over stored items (without replacement when possible)."""

@@ -1,0 +1,115 @@
+"""The collector with scripted policies (no model needed), expert injection data, and the replay buffer."""
+import json
+import random
+
+import numpy as np
+
+from gflowvlm.collector import Collector, with_action
+from gflowvlm.config import load_config
+from gflowvlm.replay_buffer import ReplayBuffer
+from gflowvlm.response_parser import parse_action
+from gflowvlm.trajectory import Step, Trajectory
+from gflowvlm.prompting import Prompt
+
+NUMBERLINE = "gflowvlm/NumberLine-v0"
+
+
+def config(**overrides):
+    items = [f"{k}={v}" for k, v in overrides.items()]
+    return load_config(None, ["env.id=" + NUMBERLINE, "env.image_size=32", "env.num_envs=4", *items])
+
+
+def oracle_generate(collector):
+    """Answers every prompt with the oracle's action by peeking at the env that produced it (test only)."""
+    def generate(prompts, seed):
+        answers = []
+        active = [env for env in collector.envs if not env.unwrapped._finished]
+        for env in active[: len(prompts)]:
+            action = env.unwrapped.expert_action()
+            answers.append(json.dumps({"thoughts": "move toward the target", "action": action}))
+        return answers
+    return generate
+
+
+def test_oracle_policy_solves_every_task_and_records_steps():
+    collector = Collector(config())
+    trajectories = collector.collect(oracle_generate(collector), iteration=0)
+    assert len(trajectories) == 4
+    for trajectory in trajectories:
+        assert trajectory.success and trajectory.terminated and not trajectory.truncated
+        assert all(step.parsed and not step.illegal for step in trajectory.steps)
+        assert trajectory.final_log_reward == np.log(100.0)  # distance 0: R = 100 / (0 + 1)
+        assert len(trajectory.state_log_rewards()) == trajectory.length + 1
+        assert trajectory.final_prompt is not None
+        first = trajectory.steps[0].prompt.text
+        assert first.startswith("Task:") and "History:" not in first
+        if trajectory.length > 1:
+            assert "History:" in trajectory.steps[1].prompt.text
+
+
+def test_tasks_are_shared_by_k_samples_and_reproducible():
+    collector = Collector(config(**{"collect.trajectories_per_task": 2}))
+    seeds = collector.task_seeds(3)
+    assert seeds[0] == seeds[1] and seeds[2] == seeds[3] and seeds[0] != seeds[2]
+    assert seeds == Collector(config(**{"collect.trajectories_per_task": 2})).task_seeds(3)
+    assert seeds != collector.task_seeds(4)
+    other_rank = Collector(config(**{"collect.trajectories_per_task": 2}), rank=1)
+    assert other_rank.task_seeds(3) != seeds  # each rank rolls its own tasks
+
+
+def test_unparseable_fallbacks_and_exploration():
+    garbage = lambda prompts, seed: ["I am not JSON"] * len(prompts)  # noqa: E731
+    random_fallback = Collector(config()).collect(garbage, 0, unparseable="random")
+    steps = [s for t in random_fallback for s in t.steps]
+    assert all(not s.parsed and not s.illegal and s.action in ("+", "-") for s in steps)
+    illegal = Collector(config()).collect(garbage, 0, unparseable="illegal")
+    assert all(t.truncated and t.length == 10 for t in illegal)  # the state never changes until truncation
+    assert all(s.illegal and s.action == "(invalid)" for t in illegal for s in t.steps)
+    always_plus = lambda prompts, seed: ['{"thoughts": "up", "action": "+"}'] * len(prompts)  # noqa: E731
+    explored = Collector(config()).collect(always_plus, 0, epsilon=1.0)
+    for step in (s for t in explored for s in t.steps):
+        assert not step.parsed and parse_action(step.response, ["+", "-"]) == step.action  # text matches the move
+
+
+def test_with_action_rewrites_only_the_value():
+    response = '{"thoughts": "the action is +", "action": "+"}'
+    assert with_action(response, "-") == '{"thoughts": "the action is +", "action": "-"}'
+    assert with_action("no json", "-") == "no json"
+
+
+def test_expert_trajectory_is_in_the_response_format():
+    collector = Collector(config())
+    trajectory = collector.expert_trajectory(seed=123, group=0)
+    assert trajectory.source == "expert" and trajectory.success
+    for step in trajectory.steps:
+        assert parse_action(step.response, ["+", "-"]) == step.action
+        assert json.loads(step.response)["thoughts"]
+
+
+def make_trajectory(seed, actions, log_reward):
+    image = np.zeros((4, 4, 3), dtype=np.uint8)
+    steps = [Step(prompt=Prompt(f"p{i}", image + i), response=a, action=a, parsed=True, illegal=False, reward=0.0,
+                  log_reward=0.0) for i, a in enumerate(actions)]
+    return Trajectory(env_id=NUMBERLINE, task_seed=seed, group=0, steps=steps, final_log_reward=log_reward,
+                      final_prompt=Prompt("end", image))
+
+
+def test_replay_keeps_top_k_per_task_without_duplicates():
+    buffer = ReplayBuffer(capacity=2)
+    assert buffer.add(make_trajectory(1, ["+"], 1.0))
+    assert not buffer.add(make_trajectory(1, ["+"], 1.0))  # same action sequence: a duplicate object
+    assert buffer.add(make_trajectory(1, ["-", "+"], 3.0))
+    assert buffer.add(make_trajectory(1, ["+", "+"], 2.0))  # evicts the worst (1.0)
+    assert not buffer.add(make_trajectory(1, ["-", "-"], 0.5))  # worse than everything kept
+    assert buffer.add(make_trajectory(2, ["+"], 0.1))  # another task has its own slots
+    assert len(buffer) == 3
+    sampled = buffer.sample(3, random.Random(0))
+    assert {t.final_log_reward for t in sampled} == {3.0, 2.0, 0.1}
+    assert all(t.source == "replay" for t in sampled)
+
+    restored = ReplayBuffer(0)
+    restored.load_state_dict(json.loads(json.dumps(buffer.state_dict())))  # JSON-able, no pickle
+    assert len(restored) == 3 and restored.capacity == 2
+    again = restored.sample(3, random.Random(0))
+    assert [t.action_sequence() for t in again] == [t.action_sequence() for t in sampled]
+    assert np.array_equal(again[0].steps[0].prompt.image, sampled[0].steps[0].prompt.image)

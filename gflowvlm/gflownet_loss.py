@@ -80,8 +80,9 @@ def gflownet_loss(model, policy, trajectories: Sequence[Trajectory], config: Run
     for b, row in enumerate(rows):
         index[b, : len(row)] = torch.tensor(row, dtype=torch.long)
     index = index.to(out.log_pf.device)
-    zero = torch.zeros((), dtype=out.log_pf.dtype, device=out.log_pf.device)
-    log_pf = torch.where(mask, out.log_pf[index], zero)
+    # Losses in float32 even under bf16 autocast: squared log-ratios of sums over many tokens lose too much in bf16.
+    zero = torch.zeros((), dtype=torch.float32, device=out.log_pf.device)
+    log_pf = torch.where(mask, out.log_pf.float()[index], zero)
     state_log_reward = flows.shape_log_reward(
         pad_per_step([t.state_log_rewards() for t in trajectories], width + 1).to(out.log_pf.device),
         beta=objective.reward_beta, min_log_reward=objective.min_log_reward)
@@ -90,8 +91,8 @@ def gflownet_loss(model, policy, trajectories: Sequence[Trajectory], config: Run
 
     stats: dict[str, float] = {
         "log_pf": float(log_pf.sum(1).mean().detach()),
-        "action_logp": float(torch.where(mask, out.action_logp[index], zero).sum(1).mean().detach()),
-        "cot_logp": float(torch.where(mask, out.cot_logp[index], zero).sum(1).mean().detach()),
+        "action_logp": float(torch.where(mask, out.action_logp.float()[index], zero).sum(1).mean().detach()),
+        "cot_logp": float(torch.where(mask, out.cot_logp.float()[index], zero).sum(1).mean().detach()),
         "log_reward": float(log_reward.mean()),
     }
     algorithm = config.algorithm

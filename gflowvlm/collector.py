@@ -61,6 +61,8 @@ class Collector:
         epsilon = collect_config.epsilon if epsilon is None else epsilon
         unparseable = unparseable or collect_config.unparseable
         seeds = list(seeds) if seeds is not None else self.task_seeds(iteration)
+        if not 0 < len(seeds) <= len(self.envs):
+            raise ValueError(f"collect needs 1..{len(self.envs)} seeds (one per environment), got {len(seeds)}")
         rng = random.Random(derived_seed(self.config.seed, self.rank, iteration, 1))
         k = self.config.collect.trajectories_per_task
         observations, infos, trajectories, histories = [], [], [], []
@@ -71,7 +73,7 @@ class Collector:
             histories.append([])
             trajectories.append(Trajectory(env_id=self.env_id, task_seed=seed, group=index // k, task=info["task"],
                                            task_type=str(info.get("task_type", ""))))
-        active = list(range(len(self.envs)))
+        active = list(range(len(seeds)))  # a last, smaller batch uses only the first environments
         step_index = 0
         while active:
             prompts = [self._prompt(observations[i], infos[i], histories[i]) for i in active]

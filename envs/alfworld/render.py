@@ -1,0 +1,168 @@
+"""The image observation: a drawing of the engine's state for the VLM.
+
+The visual ALFWorld shows AI2-THOR frames, which need a Unity download and a display; neither exists here. This
+drawing stands in for them, rendered only from the PDDL engine's facts, deterministic and legible at 300 px:
+
+- top: the task sentence;
+- middle: the room as a board of its receptacles (coloured by kind, closed ones shaded, open ones marked,
+  a lit lamp as a yellow dot), the agent's receptacle outlined in red;
+- bottom: where the agent is, what it sees there (the contents of an open or open-top receptacle) and
+  what it holds, with the states the engine knows (hot, cold, clean).
+
+Only what the agent can currently observe is shown, as in the text observation. A THOR backend would replace
+`draw_scene` by a frame grab; `SceneView` is the whole interface between the env and the drawing.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from envs.render import canvas, fit_font, font, to_array
+
+FAMILY_COLORS = {
+    "appliance": (190, 215, 240), "storage": (235, 215, 180), "surface": (200, 230, 195),
+    "seat": (220, 205, 235), "holder": (220, 220, 220),
+}
+FAMILIES = {
+    "appliance": {"fridge", "microwave", "sinkbasin", "bathtubbasin", "stoveburner", "coffeemachine", "toaster"},
+    "storage": {"cabinet", "drawer", "shelf", "dresser", "safe", "cart", "garbagecan", "laundryhamper", "box"},
+    "surface": {"countertop", "diningtable", "coffeetable", "sidetable", "desk", "tvstand"},
+    "seat": {"sofa", "armchair", "bed", "ottoman", "toilet"},
+}
+AGENT_COLOR = (210, 30, 30)
+INK = (20, 20, 20)
+
+
+@dataclass(frozen=True)
+class ReceptacleView:
+    name: str               # "cabinet 3"
+    openable: bool
+    opened: bool
+    lamp_on: bool = False
+
+
+@dataclass
+class SceneView:
+    """What the drawing shows; built by the env from the engine's facts."""
+    task: str
+    receptacles: list[ReceptacleView]
+    agent_at: str | None                       # receptacle name, or None in the middle of the room
+    visible: list[str] | None = None           # contents at the agent's receptacle; None when it is closed
+    holding: list[str] = field(default_factory=list)   # "apple 1 (hot)"
+
+
+def natural_key(name: str) -> tuple:
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
+def _family_color(name: str, shaded: bool) -> tuple[int, int, int]:
+    kind = name.rsplit(" ", 1)[0]
+    family = next((f for f, kinds in FAMILIES.items() if kind in kinds), "holder")
+    color = FAMILY_COLORS[family]
+    return tuple(int(c * 0.72) for c in color) if shaded else color
+
+
+_MEASURE = canvas(8)[1]
+
+
+@lru_cache(maxsize=4096)
+def _label_font_size(text: str, width: int, height: int) -> int:
+    # Fitting a font is a binary search over sizes; the board's labels repeat every frame, so remember them.
+    return fit_font(_MEASURE, text, width, height).size
+
+
+def _wrapped(draw: ImageDraw.ImageDraw, text: str, width: int, size: int) -> list[str]:
+    words, lines, line = text.split(" "), [], ""
+    for word in words:
+        candidate = f"{line} {word}".strip()
+        if line and draw.textlength(candidate, font=font(size)) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = candidate
+    return lines + [line] if line else lines
+
+
+def _board_font_size(view: SceneView, tile_w: int, tile_h: int) -> int:
+    # One size for every tile (the longest label decides), so no receptacle looks more important than another.
+    labels = {r.name.rpartition(" ")[0] for r in view.receptacles} | {"8 closed"}
+    return min(_label_font_size(text, int(tile_w * 0.86), int(tile_h * 0.36)) for text in labels)
+
+
+@lru_cache(maxsize=8192)
+def _tile(name: str, openable: bool, opened: bool, lamp_on: bool, here: bool, width: int, height: int,
+          size: int, border: int) -> Image.Image:
+    # Tiles repeat from frame to frame; drawing text is the costly part of a frame, so tiles are cached.
+    tile = Image.new("RGB", (width, height), _family_color(name, openable and not opened))
+    draw = ImageDraw.Draw(tile)
+    draw.rectangle([0, 0, width - 1, height - 1], outline=AGENT_COLOR if here else (90, 90, 90),
+                   width=border if here else 1)
+    kind, _, number = name.rpartition(" ")
+    state = (" open" if opened else " closed") if openable else ""
+    cx, cy = width / 2, height / 2
+    draw.text((cx, cy - size * 0.1), kind, font=font(size), fill=INK, anchor="md")
+    draw.text((cx, cy + size * 0.1), number + state, font=font(size), fill=INK, anchor="ma")
+    if lamp_on:
+        radius = max(3, size // 2)
+        draw.ellipse([width - 2 * radius - 3, 2, width - 3, 2 + 2 * radius], fill=(250, 210, 0), outline=INK)
+    return tile
+
+
+def _draw_board(image: Image.Image, view: SceneView, left: int, top: int, width: int, height: int) -> None:
+    n = max(1, len(view.receptacles))
+    # Labels are wide: aim for cells about twice as wide as tall.
+    cols = max(1, math.ceil(math.sqrt(n * width / height / 2.0)))
+    rows = math.ceil(n / cols)
+    cell_w, cell_h = width / cols, height / rows
+    pad = max(1, int(min(cell_w, cell_h) * 0.05))
+    tile_w, tile_h = max(4, int(cell_w - 2 * pad)), max(4, int(cell_h - 2 * pad))
+    size = _board_font_size(view, tile_w, tile_h)
+    for i, r in enumerate(view.receptacles):
+        x0 = int(left + (i % cols) * cell_w + pad)
+        y0 = int(top + (i // cols) * cell_h + pad)
+        image.paste(_tile(r.name, r.openable, r.opened, r.lamp_on, r.name == view.agent_at, tile_w, tile_h, size,
+                          max(2, pad + 1)), (x0, y0))
+
+
+def _status_lines(draw: ImageDraw.ImageDraw, view: SceneView, width: int, text_size: int) -> list[str]:
+    where = f"At: {view.agent_at}" if view.agent_at else "At: the middle of the room"
+    if view.agent_at is None:
+        sees = "Sees: the receptacles above"
+    elif view.visible is None:
+        sees = f"Sees: the {view.agent_at} is closed"
+    else:
+        sees = "Sees: " + (", ".join(view.visible) if view.visible else "nothing")
+    holds = "Holds: " + (", ".join(view.holding) if view.holding else "nothing")
+    return [line for paragraph in (where, sees, holds) for line in _wrapped(draw, paragraph, width, text_size)]
+
+
+def draw_scene(view: SceneView, size: int) -> np.ndarray:
+    """The scene as a uint8 (size, size, 3) image."""
+    image, draw = canvas(size, (248, 248, 244))
+    margin = max(2, size // 60)
+    header_h = int(size * 0.11)
+    draw.rectangle([0, 0, size, header_h], fill=(40, 60, 90))
+    task_font = fit_font(draw, view.task, size - 2 * margin, header_h * 0.6)
+    draw.text((size / 2, header_h / 2), view.task, font=task_font, fill=(255, 255, 255), anchor="mm")
+
+    # The status text gets the room it needs (shrinking the font past 40% of the image); the board the rest.
+    text_size = max(7, size // 22)
+    lines = _status_lines(draw, view, size - 2 * margin, text_size)
+    while len(lines) * text_size * 1.25 + margin > size * 0.4 and text_size > 6:
+        text_size -= 1
+        lines = _status_lines(draw, view, size - 2 * margin, text_size)
+    status_h = int(len(lines) * text_size * 1.25 + margin)
+    top = size - status_h
+    _draw_board(image, view, margin, header_h + margin, size - 2 * margin, top - header_h - 2 * margin)
+    draw.rectangle([0, top, size, size], fill=(255, 255, 255), outline=(120, 120, 120))
+    for k, line in enumerate(lines):
+        y = top + margin // 2 + k * text_size * 1.25
+        if y + text_size > size:
+            break
+        draw.text((margin, y), line, font=font(text_size), fill=INK)
+    return to_array(image)

@@ -1,0 +1,197 @@
+"""The built-in tiny VLM: small enough to train on a laptop CPU, saved as an ordinary Hugging Face model directory.
+
+`build_tiny_vlm` returns (model, processor) with randomly initialised, seeded weights; `save_tiny_vlm` writes
+config + safetensors + processor (tokenizer, image processor, chat template), which then loads with the same
+`AutoModelForImageTextToText` / `AutoProcessor` calls as LLaVA-1.6 or Qwen2-VL. Families:
+
+- llava (default): CLIP-style vision tower (hidden 64, 2 layers, 4 heads, patch 16: a 64x64 image gives 16 image
+  tokens) + Llama decoder (hidden 128, 4 layers, 4 query / 2 key-value heads, MLP 256): 1.1M parameters;
+- llava_next: the same parts as LLaVA-NeXT (LLaVA-1.6): tiles of half the image size and `image_sizes`;
+- qwen2_vl: a Qwen2-VL vision tower (patch 14, 2x2 merge, images resized to give 16 tokens) + Qwen2 decoder.
+  transformers builds Qwen2-VL processors with a video processor, which needs torchvision.
+
+Every linear layer has in_features >= 64: bitsandbytes' CPU 4-bit kernels crash below that, and the tiny model is
+what QLoRA is tested on. The tokenizer is trained on the environments' text (gflowvlm/model/corpus.py).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
+                          LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor, LlavaProcessor,
+                          PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration)
+from transformers.utils import is_torchvision_available
+
+from gflowvlm.model.corpus import Corpus, build_corpus
+from gflowvlm.model.tokenizer import TOKENIZER_SPECS, train_tokenizer
+
+TINY_FAMILIES = ("llava", "llava_next", "qwen2_vl")
+PATCH = 16  # CLIP patch size of the LLaVA families
+QWEN_PATCH, QWEN_MERGE = 14, 2
+# Two key/value heads (grouped-query attention, as Mistral): half the KV cache to copy per generated token, which
+# is what batch-16 sampling on a CPU spends its time on besides the matmuls.
+DECODER = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+               num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-5)
+CLIP_TOWER = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                  projection_dim=64, hidden_act="quick_gelu")
+IMAGE_MEAN, IMAGE_STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+
+
+def check_image_size(family: str, image_size: int) -> None:
+    step = 2 * PATCH if family == "llava_next" else PATCH
+    if family not in TINY_FAMILIES:
+        raise ValueError(f"unknown tiny model family {family!r}; choose one of {list(TINY_FAMILIES)}")
+    if not isinstance(image_size, int) or image_size < step or image_size % step or image_size > 1024:
+        raise ValueError(f"--image-size for {family} must be a multiple of {step} in [{step}, 1024], got {image_size}")
+
+
+def tiny_tokenizer(family: str, corpus: Corpus, vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+    spec = TOKENIZER_SPECS["qwen2_vl" if family == "qwen2_vl" else "llava"]
+    return train_tokenizer(corpus.texts, spec, vocab_size)
+
+
+def tiny_model_config(family: str, tokenizer: PreTrainedTokenizerFast, image_size: int):
+    """The model config of a tiny `family` model whose vocabulary is `tokenizer`'s."""
+    check_image_size(family, image_size)
+    ids = dict(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+               bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=False)
+    image_token_id = tokenizer.convert_tokens_to_ids(tokenizer.image_token)
+    if family == "qwen2_vl":
+        head_dim = DECODER["hidden_size"] // DECODER["num_attention_heads"]
+        third = head_dim // 2 // 3  # M-RoPE splits the rotary half-dimension over (time, height, width)
+        text = dict(DECODER, **ids, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                     "mrope_section": [head_dim // 2 - 2 * third, third, third]})
+        vision = dict(depth=2, embed_dim=64, hidden_size=DECODER["hidden_size"], num_heads=4, mlp_ratio=4,
+                      patch_size=QWEN_PATCH, spatial_merge_size=QWEN_MERGE, temporal_patch_size=2)
+        return Qwen2VLConfig(
+            text_config=text, vision_config=vision, image_token_id=image_token_id,
+            video_token_id=tokenizer.convert_tokens_to_ids(tokenizer.video_token),
+            vision_start_token_id=tokenizer.convert_tokens_to_ids(tokenizer.vision_start_token),
+            vision_end_token_id=tokenizer.convert_tokens_to_ids(tokenizer.vision_end_token), tie_word_embeddings=False)
+    tile = image_size // 2 if family == "llava_next" else image_size
+    common = dict(text_config=LlamaConfig(**DECODER, **ids),
+                  vision_config=CLIPVisionConfig(**CLIP_TOWER, image_size=tile, patch_size=PATCH),
+                  image_token_index=image_token_id, vision_feature_layer=-1,
+                  vision_feature_select_strategy="default", projector_hidden_act="gelu", tie_word_embeddings=False,
+                  image_seq_length=(tile // PATCH) ** 2)
+    if family == "llava_next":
+        return LlavaNextConfig(**common, image_grid_pinpoints=_grid_pinpoints(tile))
+    return LlavaConfig(**common)
+
+
+def _grid_pinpoints(tile: int) -> list[list[int]]:
+    # Up to 2x2 tiles, as LLaVA-NeXT's resolutions are multiples of its tower's input size.
+    return [[tile, tile], [tile, 2 * tile], [2 * tile, tile], [2 * tile, 2 * tile]]
+
+
+def tiny_image_processor(family: str, image_size: int):
+    check_image_size(family, image_size)
+    if family == "qwen2_vl":
+        from transformers import Qwen2VLImageProcessorPil
+
+        # Resize every image so that it gives (image_size / 16)^2 merged tokens, as many as the LLaVA tiny model.
+        side = image_size // PATCH * QWEN_PATCH * QWEN_MERGE
+        return Qwen2VLImageProcessorPil(min_pixels=side * side, max_pixels=side * side, patch_size=QWEN_PATCH,
+                                        merge_size=QWEN_MERGE, temporal_patch_size=2, image_mean=IMAGE_MEAN,
+                                        image_std=IMAGE_STD)
+    if family == "llava_next":
+        from transformers import LlavaNextImageProcessorPil
+
+        tile = image_size // 2
+        return LlavaNextImageProcessorPil(size={"shortest_edge": tile}, crop_size={"height": tile, "width": tile},
+                                          image_grid_pinpoints=_grid_pinpoints(tile), image_mean=IMAGE_MEAN,
+                                          image_std=IMAGE_STD)
+    from transformers import CLIPImageProcessorPil
+
+    return CLIPImageProcessorPil(size={"shortest_edge": image_size},
+                                 crop_size={"height": image_size, "width": image_size},
+                                 image_mean=IMAGE_MEAN, image_std=IMAGE_STD)
+
+
+def tiny_processor(family: str, image_processor, tokenizer: PreTrainedTokenizerFast):
+    if family == "qwen2_vl":
+        if not is_torchvision_available():
+            raise ValueError("the qwen2_vl family needs torchvision: transformers builds Qwen2-VL processors with a "
+                             "video processor, which requires it (pip install torchvision)")
+        from transformers import Qwen2VLProcessor, Qwen2VLVideoProcessor
+
+        return Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                video_processor=Qwen2VLVideoProcessor(), chat_template=tokenizer.chat_template)
+    processor_class = LlavaNextProcessor if family == "llava_next" else LlavaProcessor
+    # num_additional_image_tokens=1: CLIP's CLS token, which the "default" strategy then drops again.
+    return processor_class(image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH,
+                           vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                           chat_template=tokenizer.chat_template)
+
+
+def tiny_model(config, seed: int):
+    """Randomly initialised weights, identical for the same config and seed (the global RNG is left alone)."""
+    model_class = {LlavaConfig: LlavaForConditionalGeneration, LlavaNextConfig: LlavaNextForConditionalGeneration,
+                   Qwen2VLConfig: Qwen2VLForConditionalGeneration}[type(config)]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_class(config)
+    text = config.get_text_config()
+    model.generation_config.update(eos_token_id=text.eos_token_id, pad_token_id=text.pad_token_id,
+                                   bos_token_id=text.bos_token_id)
+    return model.eval()
+
+
+def build_tiny_vlm(family: str = "llava", image_size: int = 64, seed: int = 0, vocab_size: int = 1024,
+                   corpus: Corpus | None = None):
+    """(model, processor) of a tiny `family` VLM; `corpus` defaults to the environments' text."""
+    check_image_size(family, image_size)
+    corpus = corpus if corpus is not None else build_corpus(seed=seed)
+    tokenizer = tiny_tokenizer(family, corpus, vocab_size)
+    processor = tiny_processor(family, tiny_image_processor(family, image_size), tokenizer)
+    model = tiny_model(tiny_model_config(family, tokenizer, image_size), seed)
+    return model, processor
+
+
+def save_tiny_vlm(model, processor, directory: str | Path) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+def make_tiny_model_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gflowvlm make-tiny-model", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="directory to write (created; must be empty unless --force)")
+    parser.add_argument("--family", default="llava", choices=TINY_FAMILIES)
+    parser.add_argument("--image-size", type=int, default=64, help="input resolution of the vision tower")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and of the tokenizer corpus")
+    parser.add_argument("--vocab-size", type=int, default=1024, help="upper bound of the BPE vocabulary")
+    parser.add_argument("--corpus-episodes", type=int, default=40, help="oracle episodes per env and split")
+    parser.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse already printed its one-line error (or the help)
+        return int(exit_.code or 0)
+    out = Path(args.out)
+    try:
+        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not args.force)):
+            raise ValueError(f"--out {out} exists and is not an empty directory (use --force to write into it)")
+        if args.corpus_episodes < 1:
+            raise ValueError(f"--corpus-episodes must be positive, got {args.corpus_episodes}")
+        check_image_size(args.family, args.image_size)
+        corpus = build_corpus(episodes_per_env=args.corpus_episodes, seed=args.seed)
+        model, processor = build_tiny_vlm(args.family, args.image_size, args.seed, args.vocab_size, corpus)
+        save_tiny_vlm(model, processor, out)
+    except (ValueError, OSError) as error:
+        print(f"gflowvlm make-tiny-model: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    for env_id, reason in corpus.skipped.items():
+        print(f"tokenizer corpus: skipped {env_id} ({reason})")
+    parameters = sum(p.numel() for p in model.parameters())
+    print(f"wrote a tiny {args.family} VLM to {out}: {parameters / 1e6:.2f}M parameters, "
+          f"vocabulary {len(processor.tokenizer)}, image {args.image_size}x{args.image_size}, seed {args.seed}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(make_tiny_model_main())

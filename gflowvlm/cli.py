@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gflowvlm {__version__}")
         return 0
     namespace = parser.parse_args(argv[:1])
+    _quiet_libraries()
     target, _ = COMMANDS[namespace.command]
     module_name, function_name = target.split(":")
     try:
@@ -61,6 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"gflowvlm {namespace.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _quiet_libraries() -> None:
+    """Our own tqdm bars report progress; library bars and import-time notices would bury them."""
+    import logging
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def _one_line(error: BaseException) -> str:

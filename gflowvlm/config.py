@@ -72,6 +72,7 @@ class CollectConfig:
     expert_injection: bool = False  # add the oracle's trajectory for tasks the policy failed (the paper)
     expert_strategy: str | None = None  # e.g. Blackjack's "stand17" (the paper's rule)
     replay_size: int = 0  # per-task top-k replay buffer (the paper uses 4); 0 = on-policy only
+    replay_tasks: int = 256  # tasks kept in the buffer (least recently added evicted first)
     replay_samples: int = 0  # replayed trajectories mixed into each update
 
 

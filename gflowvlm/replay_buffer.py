@@ -1,7 +1,8 @@
 """Per-task replay of the best trajectories found so far (GFlowVLM keeps 4; gfn-lm-tuning the top 50 per prompt).
 
 A task is (env id, reset seed). For each task the buffer keeps the top `capacity` trajectories by final log-reward,
-deduplicated by their action sequence (the same object twice would only re-weight it). Trajectories are stored
+deduplicated by their action sequence (the same object twice would only re-weight it). Tasks are seeds, so new
+ones keep coming: beyond `max_tasks` the least recently added task is evicted, which bounds memory. Trajectories are stored
 without log-probabilities: they are always rescored under the current policy.
 
 The buffer is checkpointed as JSON-able data plus the prompt images (see `state_dict`), never with pickle.
@@ -19,11 +20,12 @@ from gflowvlm.trajectory import Step, Trajectory
 
 
 class ReplayBuffer:
-    def __init__(self, capacity: int):
-        if capacity < 0:
-            raise ValueError(f"replay capacity must be >= 0, got {capacity}")
+    def __init__(self, capacity: int, max_tasks: int = 256):
+        if capacity < 0 or max_tasks < 1:
+            raise ValueError(f"replay capacity must be >= 0 and max_tasks >= 1, got {capacity}, {max_tasks}")
         self.capacity = capacity
-        self._tasks: dict[tuple[str, int], list[Trajectory]] = {}
+        self.max_tasks = max_tasks
+        self._tasks: dict[tuple[str, int], list[Trajectory]] = {}  # insertion-ordered: oldest task first
 
     def __len__(self) -> int:
         return sum(len(items) for items in self._tasks.values())
@@ -33,7 +35,10 @@ class ReplayBuffer:
         if self.capacity == 0 or not trajectory.steps:
             return False
         key = (trajectory.env_id, trajectory.task_seed)
-        items = self._tasks.setdefault(key, [])
+        items = self._tasks.pop(key, [])
+        self._tasks[key] = items  # re-inserted: now the most recently used task
+        while len(self._tasks) > self.max_tasks:
+            del self._tasks[next(iter(self._tasks))]
         sequence = trajectory.action_sequence()
         if any(item.action_sequence() == sequence for item in items):
             return False
@@ -52,11 +57,12 @@ class ReplayBuffer:
 
     # ----- checkpointing without pickle ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"capacity": self.capacity,
+        return {"capacity": self.capacity, "max_tasks": self.max_tasks,
                 "trajectories": [_encode(item) for items in self._tasks.values() for item in items]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.capacity = int(state["capacity"])
+        self.max_tasks = int(state["max_tasks"])
         self._tasks = {}
         for encoded in state["trajectories"]:
             trajectory = _decode(encoded)

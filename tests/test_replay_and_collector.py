@@ -113,3 +113,13 @@ def test_replay_keeps_top_k_per_task_without_duplicates():
     again = restored.sample(3, random.Random(0))
     assert [t.action_sequence() for t in again] == [t.action_sequence() for t in sampled]
     assert np.array_equal(again[0].steps[0].prompt.image, sampled[0].steps[0].prompt.image)
+
+
+def test_replay_evicts_the_oldest_task_beyond_max_tasks():
+    buffer = ReplayBuffer(capacity=2, max_tasks=2)
+    for seed in (1, 2, 3):
+        buffer.add(make_trajectory(seed, ["+"], 1.0))
+    assert {t.task_seed for t in buffer.sample(10, random.Random(0))} == {2, 3}  # task 1 was evicted
+    buffer.add(make_trajectory(2, ["-"], 2.0))  # task 2 used again: task 3 is now the oldest
+    buffer.add(make_trajectory(4, ["+"], 1.0))
+    assert {t.task_seed for t in buffer.sample(10, random.Random(1))} == {2, 4}

@@ -21,7 +21,7 @@ class GFlowNet:
         config = trainer.config
         self.collector = Collector(config, rank=trainer.accelerator.process_index,
                                    count_tokens=trainer.policy.count_tokens)
-        self.replay = ReplayBuffer(config.collect.replay_size)
+        self.replay = ReplayBuffer(config.collect.replay_size, config.collect.replay_tasks)
         self.generate = make_generate(trainer)
         self.last_trajectories = []
 

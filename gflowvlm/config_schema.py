@@ -75,6 +75,11 @@ def coerce(hint: Any, value: Any, path: str) -> Any:
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{path}: expected a number, got {value!r}")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):

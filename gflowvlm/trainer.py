@@ -81,8 +81,10 @@ class Trainer:
         return factor
 
     # ----- the loop -----------------------------------------------------------------------------------------------
-    def train(self) -> Path:
+    def train(self, until: int | None = None) -> Path:
+        """Run to `config.steps` (or stop at step `until` with a checkpoint: time-sliced jobs resume from it)."""
         accelerator = self.accelerator
+        stop = self.config.steps if until is None else min(until, self.config.steps)
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(self.config), sort_keys=False))
@@ -92,7 +94,7 @@ class Trainer:
             accelerator.init_trackers(self.config.logging.project, config=_flat(config_to_dict(self.config)))
         progress = tqdm(total=self.config.steps, initial=self.step, desc=self.config.algorithm, unit="step",
                         disable=not (accelerator.is_main_process and self.config.logging.progress))
-        while self.step < self.config.steps:
+        while self.step < stop:
             started = time.perf_counter()
             metrics = self.algorithm.update(self.step)
             metrics = self._reduce(metrics)
@@ -107,7 +109,9 @@ class Trainer:
             if self.step % self.config.logging.save_every == 0 and self.step < self.config.steps:
                 self.save_checkpoint()
         progress.close()
-        self.save_checkpoint()
+        last = self.save_checkpoint()
+        if self.step < self.config.steps:
+            return last
         final = self.output_dir / "final"
         if accelerator.is_main_process:
             self.policy.save_pretrained(str(final))

@@ -169,8 +169,12 @@ class VLMPolicy(torch.nn.Module):
     @torch.no_grad()
     def generate(self, prompts: Sequence[Any], *, temperature: float = 1.0, top_p: float = 1.0,
                  max_new_tokens: int = 128, do_sample: bool = True, seed: int | None = None,
-                 stop_at_json_end: bool = True) -> list[Generation]:
-        """Sample one response per prompt, all prompts in one left-padded batch; `seed` makes it repeatable."""
+                 stop_at_json_end: bool = True, allow_done: bool = False) -> list[Generation]:
+        """Sample one response per prompt, all prompts in one left-padded batch; `seed` makes it repeatable.
+
+        [DONE] is suppressed unless `allow_done`: its probability is scored (it defines the state flows of
+        SubTB/DB) but in a rollout the environment decides when an episode ends, so the agent never samples it.
+        """
         device = self._device()
         encoded = batching.encode_prompts(self.processor, prompts, padding_side="left")
         encoded = {key: value.to(device) if isinstance(value, torch.Tensor) else value
@@ -179,6 +183,8 @@ class VLMPolicy(torch.nn.Module):
         eos_ids = eos_token_ids(self.tokenizer, self._base_model())
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos_ids[0]
         suppress = suppressed_token_ids(self.tokenizer, self.processor, keep=eos_ids)
+        if not allow_done and self.done_token_id is not None and self.done_token_id >= 0:
+            suppress = sorted(set(suppress) | {int(self.done_token_id)})
         config = sampling_config(max_new_tokens=max_new_tokens, do_sample=do_sample and temperature > 0,
                                  temperature=temperature, top_p=top_p, eos_ids=eos_ids, pad_id=pad_id,
                                  suppress=suppress)

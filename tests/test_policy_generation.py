@@ -168,3 +168,18 @@ def test_bad_generation_settings_are_clear_errors(policy):
         policy.generate(mixed_prompts(1), max_new_tokens=0)
     with pytest.raises(ValueError, match="no prompts"):
         policy.generate([])
+
+
+def test_done_token_is_scored_but_not_sampled_unless_allowed(policy):
+    done = policy.done_token_id
+
+    def favour_done(logits, step):
+        logits[:, done] += 1000.0
+        return logits
+
+    prompts = mixed_prompts(2)
+    with LogitEdit(policy, favour_done):
+        suppressed = policy.generate(prompts, max_new_tokens=4, do_sample=False)
+        allowed = policy.generate(prompts, max_new_tokens=4, do_sample=False, allow_done=True)
+    assert all(done not in o.token_ids for o in suppressed)
+    assert all(o.token_ids[0] == done for o in allowed)

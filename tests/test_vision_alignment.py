@@ -1,0 +1,187 @@
+"""Vision alignment (captioning stage): label masking, caption pairs, training behaviour, and the full recipe."""
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from dataclasses import replace
+
+import gymnasium
+import numpy as np
+import pytest
+import torch
+
+import envs  # noqa: F401  (registers the environments)
+from gflowvlm.model.corpus import build_corpus
+from gflowvlm.model.tiny_vlm import build_tiny_vlm
+from gflowvlm.model.vision_alignment import (IGNORE_INDEX, AlignmentConfig, align_vision, caption_accuracy,
+                                             caption_loss, caption_pairs, collate, encode_example,
+                                             split_by_caption, split_parameters)
+
+NUMBER_LINE = "gflowvlm/NumberLine-v0"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # Tiny batches gain nothing from a second intra-op thread, and on a busy 2-core machine two spinning threads
+    # made the same test 20x slower (measured); the previous setting is restored for the other test modules.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    # A small tokenizer corpus keeps the build fast; the architecture is the project's tiny LLaVA.
+    return build_tiny_vlm("llava", image_size=64, seed=0, corpus=build_corpus(episodes_per_env=3, seed=0))
+
+
+@pytest.fixture(scope="module")
+def number_line_pairs():
+    return caption_pairs([NUMBER_LINE], 144, image_size=64, seed=0)
+
+
+def test_labels_mask_everything_but_the_caption_and_eos(tiny, number_line_pairs):
+    _, processor = tiny
+    tokenizer = processor.tokenizer
+    image, caption = number_line_pairs[0]
+    example = encode_example(processor, image, caption)
+    ids, labels = example["input_ids"][0], example["labels"][0]
+    caption_ids = tokenizer(caption, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    supervised = labels != IGNORE_INDEX
+    # Exactly the last len(caption)+1 positions are supervised, and they are the caption then eos.
+    assert supervised.sum().item() == len(caption_ids)
+    assert supervised[-len(caption_ids):].all()
+    assert labels[supervised].tolist() == caption_ids == ids[-len(caption_ids):].tolist()
+    assert tokenizer.decode(labels[supervised], skip_special_tokens=True).strip() == caption
+    # The image tokens and the instruction are in the prompt, never in the labels.
+    image_token_id = tokenizer.convert_tokens_to_ids(tokenizer.image_token)
+    assert (ids == image_token_id).sum().item() == 16
+    assert not (labels == image_token_id).any()
+    assert "Describe the state" in tokenizer.decode(ids[~supervised])
+
+
+def test_collate_pads_right_for_training_and_left_for_generation(tiny, number_line_pairs):
+    _, processor = tiny
+    short = encode_example(processor, *number_line_pairs[0])
+    long = encode_example(processor, number_line_pairs[1][0], number_line_pairs[1][1] + " and more words")
+    pad_id = processor.tokenizer.pad_token_id
+    right = collate([short, long], pad_id, left=False)
+    gap = long["input_ids"].shape[1] - short["input_ids"].shape[1]
+    assert gap > 0
+    assert right["input_ids"].shape == (2, long["input_ids"].shape[1])
+    assert (right["labels"][0, -gap:] == IGNORE_INDEX).all() and (right["attention_mask"][0, -gap:] == 0).all()
+    assert right["pixel_values"].shape[0] == 2
+    left = collate([short, long], pad_id, left=True)
+    assert (left["input_ids"][0, :gap] == pad_id).all() and (left["attention_mask"][0, :gap] == 0).all()
+    assert torch.equal(left["input_ids"][0, gap:], short["input_ids"][0])
+
+
+def test_collate_pads_other_per_token_keys_and_concatenates_per_image_ones():
+    # Shapes as a Qwen2-VL-style processor returns them: flat patches and a grid per image, token type ids.
+    def example(length: int, patches: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": torch.arange(1, length + 1)[None],
+                "attention_mask": torch.ones(1, length, dtype=torch.long),
+                "token_type_ids": torch.ones(1, length, dtype=torch.long), "labels": torch.full((1, length), 5),
+                "pixel_values": torch.randn(patches, 12), "image_grid_thw": torch.tensor([[1, 2, patches // 2]])}
+    batch = collate([example(3, 4), example(5, 6)], pad_id=0, left=False)
+    assert batch["token_type_ids"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+    assert batch["labels"][0].tolist() == [5, 5, 5, IGNORE_INDEX, IGNORE_INDEX]
+    assert batch["pixel_values"].shape == (10, 12) and batch["image_grid_thw"].tolist() == [[1, 2, 2], [1, 2, 3]]
+
+
+def test_caption_pairs_images_match_their_text(number_line_pairs):
+    captions = [caption for _, caption in number_line_pairs]
+    counts = Counter(captions)
+    # Balanced over the 36 states of the id split (6 targets x 6 current numbers, current == target at the end).
+    assert len(counts) == 36 and set(counts.values()) == {4}
+    env = gymnasium.make(NUMBER_LINE, image_size=64)
+    checked = 0
+    for image, caption in number_line_pairs:
+        assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+        words = caption.split()
+        target, current = int(words[2].rstrip(",")), int(words[5])
+        if target != current:  # a reset cannot start on the target; those states are checked through uniqueness
+            obs, _ = env.reset(options={"start": current, "target": target})
+            assert obs["text"] == caption
+            assert np.array_equal(obs["image"], image)
+            checked += 1
+    assert checked == 120
+    # Different captions never share an image, so a caption can be read off its image.
+    by_image = {image.tobytes(): caption for image, caption in number_line_pairs}
+    assert len(by_image) == 36
+
+
+def test_caption_pairs_covers_every_env_requested():
+    pairs = caption_pairs(["gflowvlm/Blackjack-v0", "gflowvlm/EZPoints-v0"], 10, image_size=64, seed=1)
+    assert len(pairs) == 20
+    assert all(c.startswith(("dealer", "cards")) for _, c in pairs)
+    assert sum(c.startswith("cards") for _, c in pairs) == 10
+    first, again = caption_pairs([NUMBER_LINE], 5, 64, seed=3), caption_pairs([NUMBER_LINE], 5, 64, seed=3)
+    assert [c for _, c in first] == [c for _, c in again]  # seeded: the same pairs every time
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(first, again))
+    with pytest.raises(ValueError, match="n must be"):
+        caption_pairs([NUMBER_LINE], 0, image_size=64, seed=0)
+
+
+def test_split_by_caption_holds_out_unseen_states(number_line_pairs):
+    train, held_out = split_by_caption(number_line_pairs, 0.2, seed=0)
+    train_captions, held_captions = {c for _, c in train}, {c for _, c in held_out}
+    assert not train_captions & held_captions
+    assert len(held_captions) == 7 and len(train) + len(held_out) == len(number_line_pairs)
+
+
+def test_align_vision_lowers_the_caption_loss_and_restores_flags(tiny, number_line_pairs):
+    model, processor = tiny
+    model = copy.deepcopy(model)  # the module's fixture stays untrained for the other tests
+    batch = collate([encode_example(processor, *p) for p in number_line_pairs[:32]],
+                    processor.tokenizer.pad_token_id, left=False)
+    with torch.no_grad():
+        before = caption_loss(model, batch).item()
+    config = AlignmentConfig(steps=20, warmup_steps=5, batch_size=8, eval_every=20, eval_max=8, seed=0)
+    result = align_vision(model, processor, number_line_pairs, config, progress=False)
+    with torch.no_grad():
+        after = caption_loss(model, batch).item()
+    assert after < 0.7 * before
+    assert result["steps"] == 20 and len(result["history"]) == 1 and 0.0 <= result["accuracy"] <= 1.0
+    assert result["eval_pairs"] == 8 and result["train_pairs"] == 116
+    assert all(p.requires_grad for p in model.parameters())
+    assert not model.training  # build_tiny_vlm returns the model in eval mode; align_vision puts it back
+
+
+def test_first_phase_trains_only_the_vision_side(tiny, number_line_pairs):
+    model, processor = tiny
+    model = copy.deepcopy(model)
+    vision, decoder = split_parameters(model)
+    vision_before = [p.detach().clone() for p in vision]
+    decoder_before = [p.detach().clone() for p in decoder]
+    config = AlignmentConfig(steps=3, first_phase_steps=3, warmup_steps=0, batch_size=4, eval_every=3, eval_max=2)
+    align_vision(model, processor, number_line_pairs, config, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(decoder, decoder_before))
+    assert any(not torch.equal(a, b) for a, b in zip(vision, vision_before))
+
+
+def test_config_schedule_and_validation():
+    config = AlignmentConfig(steps=1100, lr=1e-3, warmup_steps=100, schedule="cosine", min_lr_ratio=0.1)
+    assert config.lr_factor(0) == pytest.approx(0.01)
+    assert config.lr_factor(99) == pytest.approx(1.0)
+    assert config.lr_factor(600) == pytest.approx(0.55)
+    assert config.lr_factor(1099) == pytest.approx(0.1, abs=1e-5)
+    assert replace(config, schedule="constant").lr_factor(1000) == 1.0
+    with pytest.raises(ValueError, match="schedule"):
+        AlignmentConfig(schedule="linear")
+    with pytest.raises(ValueError, match="eval_fraction"):
+        AlignmentConfig(eval_fraction=1.0)
+    with pytest.raises(ValueError, match="no pairs"):
+        caption_accuracy(None, None, [])
+
+
+@pytest.mark.slow
+def test_recipe_teaches_the_tiny_model_to_read_number_line():
+    model, processor = build_tiny_vlm("llava", image_size=64, seed=1)
+    pairs = caption_pairs([NUMBER_LINE], 1000, image_size=64, seed=1)
+    train, held_out = split_by_caption(pairs, 0.2, seed=1)
+    result = align_vision(model, processor, train, AlignmentConfig(seed=1), progress=False, eval_pairs=held_out)
+    # Measured on states (target, current) that training never saw, re-decoded here from scratch.
+    assert caption_accuracy(model, processor, held_out) >= 0.95
+    assert result["steps"] <= AlignmentConfig().steps

@@ -128,3 +128,28 @@ def test_sft_lowers_the_loss_and_beats_the_untrained_model(tiny_vlm_dir, tmp_pat
                        unparseable="illegal")
     assert trained["parse_rate"] > untrained["parse_rate"]
     assert trained["success_rate"] > untrained["success_rate"]
+
+
+def test_non_finite_losses_skip_the_step_and_stop_the_run(tiny_vlm_dir, tmp_path):
+    from gflowvlm.trainer import NonFiniteLossError
+
+    config = make_config(tiny_vlm_dir, tmp_path, "tb", "objective.max_nonfinite_steps=3")
+    trainer = Trainer(config)
+    before = snapshot(trainer.policy)
+    for parameter in trainer.policy.parameters():
+        if parameter.requires_grad:
+            parameter.grad = torch.ones_like(parameter)  # a step would move every weight
+    assert trainer.optimizer_step(False) is False and trainer.optimizer_step(False) is False
+    assert all(torch.equal(before[n], p) for n, p in trainer.policy.named_parameters())  # nothing moved
+    assert all(p.grad is None for p in trainer.policy.parameters())  # the bad gradients were dropped
+    with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row"):
+        trainer.optimizer_step(False)
+
+
+def test_gradient_accumulation_and_tensorboard_tracking(tiny_vlm_dir, tmp_path):
+    config = make_config(tiny_vlm_dir, tmp_path, "subtb", "steps=2", "optim.grad_accum=2",
+                         "logging.trackers=[tensorboard]")
+    Trainer(config).train()
+    records = [json.loads(line) for line in Path(config.output_dir, "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["env_steps"] >= 2 * 2 * 4  # two collection rounds of 4 episodes per optimizer step
+    assert list(Path(config.output_dir).rglob("events.out.tfevents.*"))  # written through accelerate's tracker

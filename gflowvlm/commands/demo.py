@@ -25,8 +25,7 @@ IMAGE_SIZE = 64
 
 # The recipe, in one place. Shared by both training runs:
 COMMON = [f"env.id={ENV}", f"env.image_size={IMAGE_SIZE}", "env.split=id", "env.num_envs=8",
-          "prompt.history=true", "prompt.max_history_steps=4", "generation.max_new_tokens=72",
-          "generation.temperature=1.0", "logging.keep_last=1"]
+          "prompt.history=true", "prompt.max_history_steps=4", "generation.temperature=1.0", "logging.keep_last=1"]
 SFT = ["algorithm=sft", "model.adapter=full", "optim.lr=1e-3", "optim.min_lr=1e-4", "optim.warmup_steps=30",
        "optim.batch_size=32", "logging.save_every=1000"]
 SUBTB = ["algorithm=subtb", "model.adapter=lora", "model.lora_r=16", "model.lora_alpha=32", "model.lora_dropout=0.0",
@@ -46,9 +45,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--sft-steps", type=int, default=300)
     parser.add_argument("--subtb-steps", type=int, default=30)
     parser.add_argument("--eval-episodes", type=int, default=64)
+    parser.add_argument("--eval-max-steps", type=int, default=None, help="cap evaluation episodes (default: the "
+                        "split's own horizon, 100 steps for NumberLine OOD)")
+    parser.add_argument("--max-new-tokens", type=int, default=72)
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    common = COMMON + [f"generation.max_new_tokens={args.max_new_tokens}"]
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -64,10 +67,10 @@ def main(argv: list[str]) -> int:
     runs = out / "runs"
     sft_dir, subtb_dir = runs / "numberline_sft", runs / "numberline_subtb"
     with _timed(timings, "SFT"):
-        train(COMMON + SFT + [f"model.name_or_path={model_dir}", f"sft.data={data}", f"steps={args.sft_steps}",
+        train(common + SFT + [f"model.name_or_path={model_dir}", f"sft.data={data}", f"steps={args.sft_steps}",
                               f"output_dir={sft_dir}", f"seed={args.seed}"])
     with _timed(timings, "SubTB"):
-        train(COMMON + SUBTB + [f"model.name_or_path={sft_dir / 'final'}", f"steps={args.subtb_steps}",
+        train(common + SUBTB + [f"model.name_or_path={sft_dir / 'final'}", f"steps={args.subtb_steps}",
                                 f"output_dir={subtb_dir}", f"seed={args.seed}"])
     from gflowvlm.evaluation import evaluate_checkpoint
 
@@ -78,7 +81,8 @@ def main(argv: list[str]) -> int:
                 target = run / f"eval_NumberLine-v0_{split}.json"
                 if not target.exists():
                     evaluate_checkpoint(run, ENV, split, episodes=args.eval_episodes, greedy=True, seed=args.seed,
-                                        num_envs=32, out=target, transcripts=2, progress=True)
+                                        num_envs=32, out=target, transcripts=2, progress=True,
+                                        max_steps=args.eval_max_steps)
                 results[(run.name, split)] = json.loads(target.read_text())
     from gflowvlm.commands.compare import main as compare_main
 

@@ -24,3 +24,11 @@ def tiny_vlm_dir(tmp_path_factory):
     model, processor = build_tiny_vlm("llava", image_size=32 * 2, seed=0, corpus=build_corpus(episodes_per_env=5))
     save_tiny_vlm(model, processor, directory)
     return str(directory)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    """A small tokenizer corpus (one oracle episode per env): enough vocabulary for tiny test models."""
+    from gflowvlm.model.corpus import build_corpus
+
+    return build_corpus(episodes_per_env=1, seed=0)

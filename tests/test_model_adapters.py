@@ -9,7 +9,6 @@ import torch
 
 from gflowvlm.config import ModelConfig
 from gflowvlm.model.adapters import apply_adapters
-from gflowvlm.model.corpus import build_corpus
 from gflowvlm.model.loading import ModelLoadError
 from gflowvlm.model.tiny_vlm import build_tiny_vlm, save_tiny_vlm, tiny_model, tiny_model_config, tiny_tokenizer
 from gflowvlm.policy import VLMPolicy
@@ -28,19 +27,6 @@ QWEN_VISUAL = {f"model.visual.blocks.{i}.{p}" for i in range(2) for p in ("attn.
     "model.visual.merger.mlp.0", "model.visual.merger.mlp.2"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny matmuls gain nothing from a second thread, and on a shared 2-core machine two OpenMP threads that
-    wait for each other make every op 10-100x slower under load; restored after this module."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def corpus():
-    return build_corpus(episodes_per_env=1, seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -13,15 +13,6 @@ from gflowvlm.policy import VLMPolicy
 from gflowvlm.prompting import Prompt
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny matmuls gain nothing from a second thread, and on a shared 2-core machine two OpenMP threads that
-    wait for each other make every op 10-100x slower under load; restored after this module."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory):

@@ -27,15 +27,6 @@ from gflowvlm.prompting import Prompt
 RESPONSES = ['{"thoughts": "hit on 11", "action": "hit"}', '{ "action" :  "stand" }', '{"thoughts": "none"}']
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny matmuls gain nothing from a second thread, and on a shared 2-core machine two OpenMP threads that
-    wait for each other make every op 10-100x slower under load; restored after this module."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 class _ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
     def check_argument_for_proper_class(self, argument_name, argument):

@@ -10,7 +10,6 @@ from peft import PeftModel
 from transformers import AutoModelForImageTextToText
 
 from gflowvlm.config import ModelConfig
-from gflowvlm.model.corpus import build_corpus
 from gflowvlm.model.tiny_vlm import build_tiny_vlm, save_tiny_vlm
 from gflowvlm.policy import VLMPolicy
 from gflowvlm.prompting import Prompt
@@ -30,19 +29,6 @@ RESPONSES = [
 ACTIONS = ["+", "go to fridge 1", "stand", "", "10", ""]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny matmuls gain nothing from a second thread, and on a shared 2-core machine two OpenMP threads that
-    wait for each other make every op 10-100x slower under load; restored after this module."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def corpus():
-    return build_corpus(episodes_per_env=1, seed=0)
 
 
 @pytest.fixture(scope="module", params=["llava", "llava_next"])

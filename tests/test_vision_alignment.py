@@ -20,15 +20,6 @@ from gflowvlm.model.vision_alignment import (IGNORE_INDEX, AlignmentConfig, alig
 NUMBER_LINE = "gflowvlm/NumberLine-v0"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # Tiny batches gain nothing from a second intra-op thread, and on a busy 2-core machine two spinning threads
-    # made the same test 20x slower (measured); the previous setting is restored for the other test modules.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def tiny():

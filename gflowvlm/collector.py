@@ -50,37 +50,55 @@ class Collector:
                         max_steps=env_config.max_steps, **{**env_config.kwargs, **extra})
 
     def task_seeds(self, iteration: int) -> list[int]:
-        """The reset seed of each environment: K consecutive environments share a task."""
+        """The reset seed of each episode of a round: K consecutive episodes share a task."""
         k = self.config.collect.trajectories_per_task
-        return [derived_seed(self.config.seed, self.rank, iteration, index // k) for index in range(self.num_envs)]
+        episodes = self.config.collect.episodes or self.num_envs
+        return [derived_seed(self.config.seed, self.rank, iteration, index // k) for index in range(episodes)]
 
     def collect(self, generate: GenerateFn, iteration: int, seeds: Sequence[int] | None = None,
                 epsilon: float | None = None, unparseable: str | None = None) -> list[Trajectory]:
-        """Roll every environment to the end of its episode; return one trajectory per environment."""
+        """Play one episode per seed to its end; return the trajectories in seed order.
+
+        Episodes run in the environments' slots; when one ends and episodes remain, its slot starts the next one
+        at once, so every generation call stays as full as the slots allow (continuous batching) instead of
+        shrinking while the longest episode of a wave finishes.
+        """
         collect_config = self.config.collect
         epsilon = collect_config.epsilon if epsilon is None else epsilon
         unparseable = unparseable or collect_config.unparseable
         seeds = list(seeds) if seeds is not None else self.task_seeds(iteration)
-        if not 0 < len(seeds) <= len(self.envs):
-            raise ValueError(f"collect needs 1..{len(self.envs)} seeds (one per environment), got {len(seeds)}")
+        if not seeds:
+            raise ValueError("collect needs at least one seed")
         rng = random.Random(derived_seed(self.config.seed, self.rank, iteration, 1))
         k = self.config.collect.trajectories_per_task
-        observations, infos, trajectories, histories = [], [], [], []
-        for index, (env, seed) in enumerate(zip(self.envs, seeds)):
-            observation, info = env.reset(seed=seed)
-            observations.append(observation)
-            infos.append(info)
-            histories.append([])
-            trajectories.append(Trajectory(env_id=self.env_id, task_seed=seed, group=index // k, task=info["task"],
-                                           task_type=str(info.get("task_type", ""))))
-        active = list(range(len(seeds)))  # a last, smaller batch uses only the first environments
+        trajectories: list[Trajectory | None] = [None] * len(seeds)
+        observations: dict[int, dict] = {}
+        infos: dict[int, dict] = {}
+        histories: dict[int, list[HistoryStep]] = {}
+        pending = iter(range(len(seeds)))
+        running: dict[int, int] = {}  # slot (environment index) -> episode index
+
+        def start(slot: int) -> None:
+            episode = next(pending, None)
+            if episode is None:
+                running.pop(slot, None)
+                return
+            observation, info = self.envs[slot].reset(seed=seeds[episode])
+            observations[episode], infos[episode], histories[episode] = observation, info, []
+            trajectories[episode] = Trajectory(env_id=self.env_id, task_seed=seeds[episode], group=episode // k,
+                                               task=info["task"], task_type=str(info.get("task_type", "")))
+            running[slot] = episode
+
+        for slot in range(min(len(self.envs), len(seeds))):
+            start(slot)
         step_index = 0
-        while active:
-            prompts = [self._prompt(observations[i], infos[i], histories[i]) for i in active]
+        while running:
+            slots = sorted(running)
+            episodes = [running[slot] for slot in slots]
+            prompts = [self._prompt(observations[e], infos[e], histories[e]) for e in episodes]
             responses = generate(prompts, derived_seed(self.config.seed, self.rank, iteration, 2, step_index))
-            still_active = []
-            for i, prompt, response in zip(active, prompts, responses):
-                admissible = infos[i]["admissible_actions"]
+            for slot, e, prompt, response in zip(slots, episodes, prompts, responses):
+                admissible = infos[e]["admissible_actions"]
                 command = parse_action(response, admissible)
                 parsed = command is not None
                 if command is None and unparseable == "random" and admissible:
@@ -90,19 +108,18 @@ class Collector:
                 if command is not None and not parsed:
                     response = with_action(response, command)
                 sent = command if command is not None else response
-                log_reward = infos[i]["log_reward"]
-                observation, reward, terminated, truncated, info = self.envs[i].step(sent)
-                trajectories[i].steps.append(Step(prompt=prompt, response=response,
+                log_reward = infos[e]["log_reward"]
+                observation, reward, terminated, truncated, info = self.envs[slot].step(sent)
+                trajectories[e].steps.append(Step(prompt=prompt, response=response,
                                                   action=command if command is not None else INVALID_ACTION,
                                                   parsed=parsed, illegal=bool(info["illegal"]), reward=float(reward),
                                                   log_reward=float(log_reward)))
-                histories[i].append(HistoryStep(observations[i]["text"], command or INVALID_ACTION))
-                observations[i], infos[i] = observation, info
+                histories[e].append(HistoryStep(observations[e]["text"], command or INVALID_ACTION))
+                observations[e], infos[e] = observation, info
                 if terminated or truncated:
-                    self._finish(trajectories[i], observation, info, histories[i], terminated, truncated)
-                else:
-                    still_active.append(i)
-            active = still_active
+                    self._finish(trajectories[e], observation, info, histories[e], terminated, truncated)
+                    del observations[e], infos[e], histories[e]
+                    start(slot)
             step_index += 1
         return trajectories
 

@@ -67,6 +67,7 @@ class EnvConfig:
 @dataclass
 class CollectConfig:
     trajectories_per_task: int = 1  # K samples of the same task (same seed): Var-TB groups, Div@K
+    episodes: int = 0  # episodes per collection round; 0 = one per environment (more refill freed environments)
     epsilon: float = 0.0  # probability of replacing the sampled action by a random admissible one
     unparseable: Literal["random", "illegal"] = "random"  # RL4VLM picks a random action; "illegal" keeps the state
     expert_injection: bool = False  # add the oracle's trajectory for tasks the policy failed (the paper)
@@ -168,9 +169,12 @@ def validate(config: RunConfig) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")
-    if config.env.num_envs % config.collect.trajectories_per_task:
-        raise ConfigError("env.num_envs must be a multiple of collect.trajectories_per_task "
-                          f"({config.env.num_envs} vs {config.collect.trajectories_per_task})")
+    episodes = config.collect.episodes or config.env.num_envs
+    if config.collect.episodes < 0:
+        raise ConfigError(f"collect.episodes must be >= 0, got {config.collect.episodes}")
+    if episodes % config.collect.trajectories_per_task:
+        raise ConfigError("collect.episodes (or env.num_envs) must be a multiple of collect.trajectories_per_task "
+                          f"({episodes} vs {config.collect.trajectories_per_task})")
     if not 0.0 <= config.collect.epsilon <= 1.0:
         raise ConfigError(f"collect.epsilon must be in [0, 1], got {config.collect.epsilon}")
     if config.generation.temperature < 0:

@@ -41,9 +41,10 @@ def main() -> None:
         save_tiny_vlm(*build_tiny_vlm("llava", 64, seed=0), scratch.name)
         model = scratch.name
 
-    def config(num_envs: int):
+    def config(num_envs: int, episodes: int = 0):
         return load_config(None, [
             "algorithm=subtb", f"env.id={args.env}", f"env.num_envs={num_envs}", "env.image_size=64",
+            f"collect.episodes={episodes}",
             f"model.name_or_path={model}", f"generation.max_new_tokens={args.max_new_tokens}",
             f"output_dir={scratch.name}/run", "logging.progress=false", "optim.batch_size=512"])
 
@@ -51,7 +52,8 @@ def main() -> None:
     generate = make_generate(trainer)
     rates = {}
     for batch in (1, 16):
-        collector = Collector(config(batch))
+        # 4 episodes per slot: freed slots start the next episode, so the batch stays full until the tail
+        collector = Collector(config(batch, episodes=4 * batch))
         collector.collect(generate, iteration=0)  # warm-up
         steps, started = 0, time.perf_counter()
         for round_index in range(1, args.rounds + 1):

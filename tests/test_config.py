@@ -34,6 +34,7 @@ def test_yaml_and_overrides_are_typed(tmp_path):
     (["steps=0"], "steps must be positive"),
     (["algorithm=vartb"], "vartb needs collect.trajectories_per_task >= 2"),
     (["env.num_envs=6", "collect.trajectories_per_task=4"], "multiple of collect.trajectories_per_task"),
+    (["collect.episodes=6", "collect.trajectories_per_task=4"], "multiple of collect.trajectories_per_task"),
     (["collect.epsilon=2"], "collect.epsilon must be in [0, 1]"),
     (["logging.trackers=[mlflow]"], "unknown tracker 'mlflow'"),
     (["noequals"], "is not of the form key.sub=value"),

@@ -123,3 +123,26 @@ def test_replay_evicts_the_oldest_task_beyond_max_tasks():
     buffer.add(make_trajectory(2, ["-"], 2.0))  # task 2 used again: task 3 is now the oldest
     buffer.add(make_trajectory(4, ["+"], 1.0))
     assert {t.task_seed for t in buffer.sample(10, random.Random(1))} == {2, 4}
+
+
+def test_freed_slots_start_the_next_episode_and_results_keep_seed_order():
+    collector = Collector(config(**{"env.num_envs": 2, "collect.episodes": 6}))
+    seeds = collector.task_seeds(0)
+    assert len(seeds) == 6
+    batch_sizes = []
+
+    def scripted(prompts, seed):
+        batch_sizes.append(len(prompts))
+        return ['{"thoughts": "up", "action": "+"}'] * len(prompts)
+
+    trajectories = collector.collect(scripted, iteration=0)
+    assert [t.task_seed for t in trajectories] == seeds and all(t.length >= 1 for t in trajectories)
+    assert max(batch_sizes) == 2  # never more prompts than environments
+    # every call is full while at least two episodes are left to play: the batch only shrinks at the very end
+    full_calls = sum(size == 2 for size in batch_sizes)
+    assert full_calls >= sum(t.length for t in trajectories) // 2 - max(t.length for t in trajectories)
+    # the same episodes as when each one is played alone, with its own fresh environment
+    for seed, trajectory in zip(seeds, trajectories):
+        alone = Collector(config(**{"env.num_envs": 1})).collect(scripted, iteration=0, seeds=[seed])[0]
+        assert alone.action_sequence() == trajectory.action_sequence()
+        assert alone.final_log_reward == trajectory.final_log_reward

@@ -68,10 +68,13 @@ def _quiet_libraries() -> None:
     """Our own tqdm bars report progress; library bars and import-time notices would bury them."""
     import logging
     import os
+    import warnings
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # peft asks transformers 5 for a deprecated attribute on every adapter load; nothing for a user to act on.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def _one_line(error: BaseException) -> str:

@@ -24,6 +24,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="collection rounds timed per batch size")
     parser.add_argument("--iterations", type=int, default=3, help="training iterations timed")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--episodes-per-slot", type=int, default=8, help="episodes per environment per round")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -52,8 +53,8 @@ def main() -> None:
     generate = make_generate(trainer)
     rates = {}
     for batch in (1, 16):
-        # 4 episodes per slot: freed slots start the next episode, so the batch stays full until the tail
-        collector = Collector(config(batch, episodes=4 * batch))
+        # several episodes per slot: freed slots start the next episode, so the batch stays full until the tail
+        collector = Collector(config(batch, episodes=args.episodes_per_slot * batch))
         collector.collect(generate, iteration=0)  # warm-up
         steps, started = 0, time.perf_counter()
         for round_index in range(1, args.rounds + 1):

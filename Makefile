@@ -31,6 +31,8 @@ bench: setup
 	$(PY) scripts/bench_envs.py
 	$(PY) scripts/bench_objectives.py
 	$(PY) scripts/bench_policy.py
+	$(PY) scripts/bench_training.py
+	$(PY) scripts/bench_alfworld.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

@@ -148,6 +148,9 @@ def evaluation_config(run_config: RunConfig, split: str, samples_per_task: int, 
     return config
 
 
+EPISODES_PER_SLOT = 4
+
+
 def evaluate(generate_fn: GenerateFn, run_config: RunConfig, split: str, episodes: int, samples_per_task: int = 1,
              seed: int = 0, *, num_envs: int | None = None, unparseable: str = "random",
              max_steps: int | None = None, greedy: bool = False,
@@ -167,27 +170,25 @@ def evaluate(generate_fn: GenerateFn, run_config: RunConfig, split: str, episode
     started = time.perf_counter()
     records: list[EpisodeRecord] = []
     kept: list[Trajectory] = []
-    collectors: dict[int, Collector] = {}
+    # Freed environments start the next episode at once (continuous batching); each call plays up to
+    # EPISODES_PER_SLOT waves, which keeps generation batches full while bounding the trajectories held in memory.
+    per_call = batch * EPISODES_PER_SLOT
+    collector = Collector(config, count_tokens=count_tokens, split=split, num_envs=min(batch, episodes))
     try:
         with tqdm(total=episodes, desc=f"eval {config.env.id} {split}", unit="episode",
                   disable=not progress) as bar:
-            for iteration, first in enumerate(range(0, episodes, batch)):
-                chunk = seeds[first:first + batch]
-                # The Collector rolls all of its environments, so a smaller last batch gets its own Collector.
-                if len(chunk) not in collectors:
-                    collectors[len(chunk)] = Collector(config, count_tokens=count_tokens, split=split,
-                                                       num_envs=len(chunk))
-                trajectories = collectors[len(chunk)].collect(generate_fn, iteration, seeds=chunk, epsilon=0.0,
-                                                              unparseable=unparseable)
+            for iteration, first in enumerate(range(0, episodes, per_call)):
+                chunk = seeds[first:first + per_call]
+                trajectories = collector.collect(generate_fn, iteration, seeds=chunk, epsilon=0.0,
+                                                 unparseable=unparseable)
                 for offset, trajectory in enumerate(trajectories):
                     records.append(EpisodeRecord.from_trajectory(trajectory, (first + offset) // samples_per_task))
                 kept.extend(trajectories[:max(0, transcripts - len(kept))])
                 bar.update(len(chunk))
         # The horizon actually used (the env's default for the split when the config leaves it open).
-        horizon = getattr(next(iter(collectors.values())).envs[0].unwrapped, "max_steps", config.env.max_steps)
+        horizon = getattr(collector.envs[0].unwrapped, "max_steps", config.env.max_steps)
     finally:
-        for collector in collectors.values():
-            collector.close()
+        collector.close()
     seconds = time.perf_counter() - started
     result = summarize(records, samples_per_task)
     generation = config.generation

@@ -153,6 +153,18 @@ def test_heads_start_near_zero_and_gradients_reach_only_trainable_weights(tiny_d
     assert any("vision_tower" in n for n, _ in frozen)
 
 
+def assert_reload_reproduces_scores(policy, directory):
+    """Save, reload, and check the reloaded policy scores exactly as the original; returns the reloaded one."""
+    with torch.no_grad():
+        before = policy.score(prompts(2), RESPONSES[:2])
+    policy.save_pretrained(str(directory))
+    reloaded = VLMPolicy.from_pretrained(str(directory)).eval()
+    with torch.no_grad():
+        after = reloaded.score(prompts(2), RESPONSES[:2])
+    assert torch.equal(after.log_pf, before.log_pf) and torch.equal(after.hidden, before.hidden)
+    return reloaded
+
+
 def test_saving_and_reloading_reproduces_scores_and_heads_exactly(policy, tiny_dir, tmp_path):
     with torch.no_grad():
         for parameter in policy.heads.parameters():
@@ -181,12 +193,7 @@ def test_full_and_head_only_policies_reload_exactly(tiny_dir, tmp_path, adapter)
     with torch.no_grad():
         if adapter == "full":
             policy.model.lm_head.weight.mul_(1.5)
-        before = policy.score(prompts(2), RESPONSES[:2])
-    policy.save_pretrained(str(tmp_path))
-    reloaded = VLMPolicy.from_pretrained(str(tmp_path)).eval()
-    with torch.no_grad():
-        after = reloaded.score(prompts(2), RESPONSES[:2])
-    assert torch.equal(after.log_pf, before.log_pf) and torch.equal(after.hidden, before.hidden)
+    reloaded = assert_reload_reproduces_scores(policy, tmp_path)
     trainable = [p for p in reloaded.model.parameters() if p.requires_grad]
     assert bool(trainable) == (adapter == "full")
 
@@ -197,12 +204,7 @@ def test_a_fully_trained_vision_tower_is_saved_in_the_adapter(tiny_dir, tmp_path
         for name, parameter in policy.model.named_parameters():
             if "modules_to_save" in name and parameter.requires_grad:
                 parameter.mul_(1.1)
-        before = policy.score(prompts(2), RESPONSES[:2])
-    policy.save_pretrained(str(tmp_path))
-    reloaded = VLMPolicy.from_pretrained(str(tmp_path)).eval()
-    with torch.no_grad():
-        after = reloaded.score(prompts(2), RESPONSES[:2])
-    assert torch.equal(after.log_pf, before.log_pf) and torch.equal(after.hidden, before.hidden)
+    reloaded = assert_reload_reproduces_scores(policy, tmp_path)
 
 
 def test_init_from_starts_from_a_saved_adapter(policy, tiny_dir, tmp_path):

@@ -51,16 +51,29 @@ def main() -> None:
 
     trainer = Trainer(config(16))
     generate = make_generate(trainer)
-    rates = {}
+    # Rounds alternate between the batch sizes, so a machine that slows down or speeds up during the run (other
+    # jobs, frequency scaling) weighs on both figures alike and the ratio stays meaningful.
+    collectors = {}
     for batch in (1, 16):
         # several episodes per slot: freed slots start the next episode, so the batch stays full until the tail
-        collector = Collector(config(batch, episodes=args.episodes_per_slot * batch))
-        collector.collect(generate, iteration=0)  # warm-up
-        steps, started = 0, time.perf_counter()
-        for round_index in range(1, args.rounds + 1):
-            steps += sum(t.length for t in collector.collect(generate, iteration=round_index))
-        rates[batch] = steps / (time.perf_counter() - started)
-        print(f"collector B={batch:>2}: {rates[batch]:8.2f} env-steps/s ({steps} steps)")
+        collectors[batch] = Collector(config(batch, episodes=args.episodes_per_slot * batch))
+        collectors[batch].collect(generate, iteration=0)  # warm-up
+    steps, seconds, calls = {1: 0, 16: 0}, {1: 0.0, 16: 0.0}, {1: 0, 16: 0}
+
+    def counted(prompts, seed):
+        calls[batch] += 1
+        return generate(prompts, seed)
+
+    for round_index in range(1, args.rounds + 1):
+        for batch, collector in collectors.items():
+            started = time.perf_counter()
+            steps[batch] += sum(t.length for t in collector.collect(counted, iteration=round_index))
+            seconds[batch] += time.perf_counter() - started
+    rates = {batch: steps[batch] / seconds[batch] for batch in steps}
+    for batch in rates:
+        # rows per call below B: the tail of a round, when the last long episodes run with freed slots idle
+        print(f"collector B={batch:>2}: {rates[batch]:8.2f} env-steps/s ({steps[batch]} steps, "
+              f"{steps[batch] / calls[batch]:.1f} prompts per generation call)")
     print(f"collector speed-up B=16 vs B=1: {rates[16] / rates[1]:.1f}x (target >= 6x)")
 
     collector = Collector(config(16))

@@ -10,7 +10,13 @@ across games so that the trainer never special-cases one:
 - `info` always carries `task`, `admissible_actions`, `illegal`, `log_reward` (log R of the current state as if
   the episode ended here, under the GFlowVLM shaping) and `success`;
 - reward modes: `rl4vlm` gives the papers' original per-step rewards; `gflowvlm` gives R(x) = exp(log_reward)
-  on the final step (terminated or truncated) and 0 before, so a return is exactly the terminal reward.
+  on the final step (terminated or truncated) and 0 before, so a return is exactly the terminal reward;
+- truncation: when the step limit cuts an episode off, `_on_truncation()` settles what the unfinished episode is
+  worth before the final `info` is made, so the final `log_reward` is log R(x) of the truncated episode (a game
+  where an unfinished episode must not pay, such as an unplayed Blackjack hand, scores it as a failure there).
+  Illegal steps never change the state, so an agent that only stalls ends truncated in its start state: every
+  game sets the worth of that so that stalling earns no more than its random policy
+  (`tests/test_garbage_never_pays.py` measures both, in both reward modes).
 """
 from __future__ import annotations
 
@@ -96,6 +102,15 @@ class VLMEnv(gym.Env, metaclass=ABCMeta):
         """rl4vlm reward of a command that is not admissible."""
         return -1.0
 
+    def _on_truncation(self) -> float:
+        """The step limit has just cut the episode off without a terminal state: settle the episode's worth.
+
+        Called once, after the last step's command and before its `info`, so a game may change its state here
+        (Blackjack forfeits the open hand) and `log_reward()` then gives the truncated episode's log R(x).
+        Returns the rl4vlm reward the cut adds to that last step. Default: nothing; the state is scored as is.
+        """
+        return 0.0
+
     @abstractmethod
     def log_reward(self) -> float:
         """log R of the current state under the GFlowVLM shaping, as if the episode ended now."""
@@ -136,6 +151,8 @@ class VLMEnv(gym.Env, metaclass=ABCMeta):
         else:
             base_reward, terminated, illegal = self.illegal_reward(), False, True
         truncated = not terminated and self.steps_taken >= self.max_steps
+        if truncated:
+            base_reward += self._on_truncation()
         self._finished = terminated or truncated
         info = self._info(illegal=illegal)
         if self.reward_mode == "rl4vlm":

@@ -8,10 +8,18 @@ Rules (see /work/shared/reference/papers.md and `envs.blackjack_exact`, which co
   otherwise the reward is 0 and the episode goes on; "stand" ends it: the dealer draws while under 17 (a soft
   17 stands in split "id", as Gymnasium; split "ood" is the common casino variant where the dealer hits soft
   17; the papers have no Blackjack OOD split), then +1 win (a dealer bust is a win), 0 draw, -1 loss. A natural
-  21 is not special. At most 10 steps (the papers' limit); a 10th step that is a surviving hit truncates.
+  21 is not special. At most 10 steps (the papers' limit).
+- A command other than "hit" / "stand" is illegal: the hand stays, rl4vlm reward -1, the episode goes on.
+- A hand not finished by the step limit (10 steps without a stand or a bust: in practice only reached through
+  illegal steps) is forfeited: it is a loss, rl4vlm -1 added to that last step, GFlowVLM R = 1e-10, and the
+  text says so. Otherwise an agent that never answers legally would keep the hand from the dealer and be
+  scored a draw (R = 10), better than the uniformly random policy (exactly: wins 28.1%, draws 4.3%, mean
+  R = 6.04, mean log R = -14.6): stalling must never pay.
 - GFlowVLM reward on the rl4vlm outcome r: R = max(1e-10, (r + 1) * 10): win 20, draw 10, loss 1e-10.
-  `log_reward()` before the end is log 10, the paper's reward of a non-final hit (so a truncated episode
-  scores like a draw); after the end it is log R of the outcome.
+  `info["log_reward"]` of a state where the hand is still open is log 10, the paper's reward of a non-final
+  hit (the intermediate reward forward-looking and [DONE]-parameterised flows use); once the hand is decided
+  (including by forfeit) it is log R of the outcome. Hands played to the end are untouched by the forfeit, so
+  `envs.blackjack_exact`'s figures (best win rate 43.16%, stand-at-17 40.77%) are still this env's.
 - success = the episode ended in a win.
 
 The oracle (`strategy`): "basic" (default) is textbook basic strategy restricted to hit/stand (the table below,
@@ -86,6 +94,7 @@ class BlackjackEnv(VLMEnv):
         self.dealer: list[int] = [1, 1]
         self.player: list[int] = [1, 1]
         self.outcome: int | None = None  # +1 / 0 / -1 once the hand is decided
+        self.forfeited = False  # the step limit ended the hand before a stand or a bust (scored a loss)
         self.dealer_revealed = False  # the hidden card is shown only after the player stands
         self._next_cards: list[int] = []
         self._card_fonts: dict[tuple[int, int, str], Any] = {}
@@ -121,6 +130,7 @@ class BlackjackEnv(VLMEnv):
         if self.dealer[0] == 10:
             self.np_random.choice(["J", "Q", "K"])
         self.outcome = None
+        self.forfeited = False
         self.dealer_revealed = False
 
     def admissible_actions(self) -> list[str]:
@@ -139,6 +149,11 @@ class BlackjackEnv(VLMEnv):
         player, dealer = self.player_total(), self.dealer_total()
         self.outcome = 1 if dealer > 21 or player > dealer else (0 if player == dealer else -1)
         return float(self.outcome), True
+
+    def _on_truncation(self) -> float:
+        # An unfinished hand is lost, so illegal replies cannot keep it away from the dealer (see the docstring).
+        self.outcome, self.forfeited = -1, True
+        return -1.0
 
     def player_total(self) -> int:
         return blackjack_exact.hand_value(self.player)[0]
@@ -174,7 +189,9 @@ class BlackjackEnv(VLMEnv):
         else:
             dealer = f"dealer shows {rank_name(self.dealer[0])}"
         text = f"{dealer}, {player}"
-        if self.outcome is not None:
+        if self.forfeited:
+            text += ", you lose: the hand ran out of steps"
+        elif self.outcome is not None:
             text += {1: ", you win", 0: ", draw", -1: ", you lose"}[self.outcome]
         return text
 

@@ -9,7 +9,8 @@ two-card 21 is no special hand; a dealer bust is a player win.
 Because the deck is infinite, the future of a hand depends only on (total, soft, dealer up-card), so a policy is a
 function of those three and everything is a small recursion with memoisation. The step limit of the env
 (`max_steps`, 10 by default) is modelled too: a hit that survives on the last allowed step truncates the episode,
-which counts as neither win, draw nor loss (its probability is below 1e-9 for sensible policies).
+reported apart as `truncated` (the env scores such a forfeited hand a loss; its probability is below 1e-9 for
+sensible policies, so the win and draw figures do not depend on how it is scored).
 
 Reference figures for the standard rules (papers.md), reproduced here to 0.01 %: the best hit/stand policy wins
 43.16 % (draws 8.66 %), "stand at 17 or more" wins 40.77 % (draws 10.52 %), always standing wins 38.07 %.

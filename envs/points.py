@@ -32,13 +32,19 @@ Horizon. gym_cards checks "formula longer than 5 (20)" before each action and th
 its illegal actions append a blank, every step there lengthens the formula by one. So an episode gets
 6 (21) steps in which "=" still counts, and the 7th (22nd) step is a forced -1 truncation whatever the agent
 does. Here the horizon is those 6 (21) steps (`max_steps`), and the forced step's -1 is added to the reward of
-the last step when it truncates, so rl4vlm returns equal gym_cards' returns.
+the last step when it truncates, so rl4vlm returns equal gym_cards' returns. A truncated episode (no "=" within
+the horizon) failed, in both reward modes: rl4vlm -1 as above, GFlowVLM the floor R = 0.01, what a wrong "="
+earns. (Legal steps always lengthen the formula, so only illegal steps can stop it short; were a truncated live
+prefix paid its partial credit, "write the smallest card, then send garbage" would earn a mean R of 0.13 on
+Points24 and 0.51 on EZPoints, against the random policy's 0.01 and 0.04.)
 
 GFlowVLM reward (positive, `log_reward` defined for every state):
 - "=" with a solution: R = 10 (`SOLVED_REWARD`);
-- any other state, read as "the episode stops here without '='": R = 0.01 + 1.0 * (cards used / cards) when the
-  formula can still be completed into a solution (a live prefix, decided by `envs.formula_solver`), so a
-  correct formula not yet submitted earns 1.01; else the floor R = 0.01, which is also what a wrong "=" earns.
+- "=" with anything else, or truncation: the floor R = 0.01 (`FLOOR_REWARD`);
+- `info["log_reward"]` of a state before the end (the intermediate reward of forward-looking and
+  [DONE]-parameterised flows): R = 0.01 + 1.0 * (cards used / cards) when the formula can still be completed
+  into a solution (a live prefix, decided by `envs.formula_solver`), so a correct formula not yet submitted has
+  1.01; else the floor. Only "=" turns that credit into a reward.
 The solved reward is ten times the best partial credit, so sampling proportional to R favours real solutions.
 
 Oracle. `expert_action()` asks the solver for a completion of the current formula over the unused cards (all
@@ -101,6 +107,7 @@ class CardFormulaEnv(VLMEnv):
         self.formula: list[str] = []
         self.submitted = False
         self.correct = False
+        self.timed_out = False  # truncated without "=": scored as a failure
         self._unused: Counter[int] = Counter()
         self._plan: Suffix | None = None  # the whole formula the oracle is writing, so its steps agree
 
@@ -132,7 +139,7 @@ class CardFormulaEnv(VLMEnv):
         self.ranks = tuple(ranks)
         self.suits = tuple(SUITS[int(i)] for i in self.np_random.integers(len(SUITS), size=self.n_cards))
         self.formula = []
-        self.submitted = self.correct = False
+        self.submitted = self.correct = self.timed_out = False
         self._unused = Counter(self.values)
         self._plan = None
 
@@ -151,9 +158,11 @@ class CardFormulaEnv(VLMEnv):
         numbers = [str(value) for value in sorted(value for value, count in self._unused.items() if count > 0)]
         return numbers + [action for action in self.action_vocabulary if action not in NUMBER_ACTIONS]
 
-    def _truncation_penalty(self) -> float:
-        # gym_cards spends one more step truncating with -1; it is folded into the last step here.
-        return -1.0 if self.steps_taken >= self.max_steps else 0.0
+    def _on_truncation(self) -> float:
+        # gym_cards spends one more step truncating with -1; it is folded into the last step here. The unfinished
+        # formula is a failure (module docstring), so stalling with illegal steps cannot keep its partial credit.
+        self.timed_out = True
+        return -1.0
 
     def _apply(self, command: str) -> tuple[float, bool]:
         if command == "=":
@@ -164,13 +173,10 @@ class CardFormulaEnv(VLMEnv):
         if command in NUMBER_ACTIONS:
             self._unused[int(command)] -= 1
         self.formula.append(command)
-        return self._truncation_penalty(), False
-
-    def illegal_reward(self) -> float:
-        return -1.0 + self._truncation_penalty()
+        return 0.0, False
 
     def log_reward(self) -> float:
-        if self.submitted:
+        if self.submitted or self.timed_out:
             return math.log(SOLVED_REWARD if self.correct else FLOOR_REWARD)
         if self._completion() is None:
             return math.log(FLOOR_REWARD)

@@ -151,6 +151,43 @@ def test_thoughts_explain_the_next_command():
     assert "4 steps of my plan remain" in text and text.endswith("Next action: go to fridge 1")
 
 
+def test_a_closed_engine_gives_its_library_to_the_next_one(one_game):
+    from envs.alfworld import engine as engine_module
+
+    first = EngineGame()
+    library = first._pddl_env.downward_lib
+    first.close()
+    assert engine_module._SPARE_LIBS[-1] is library   # kept loaded, not unloaded
+    second = EngineGame()
+    assert second._pddl_env.downward_lib is library and library not in engine_module._SPARE_LIBS
+    assert require_alfworld().fast_downward.load_lib.__name__ == "load_lib"   # the loader is put back
+    second.load(one_game)
+    state = second.reset()
+    for command in json.load(open(one_game))["walkthrough"]:
+        state = second.step(command)
+    assert state.won   # a reused copy plays a whole game
+    with pytest.raises(RuntimeError):
+        first.reset()
+
+
+def test_closing_engines_does_not_crash_the_process():
+    """Unloading a closed engine's copy of fast-downward's library (dlclose) made this sequence segfault (at the
+    latest when the process exited); it runs in a child process so that a crash fails the test, not pytest."""
+    script = (
+        "import tempfile\n"
+        "from envs.alfworld.engine import EngineGame\n"
+        "from envs.alfworld.generator import GenerationRequest, generate\n"
+        "games = generate(tempfile.mkdtemp(), GenerationRequest('id', seed=0, size='small'), 2)\n"
+        "for e in range(4):\n"
+        "    engine = EngineGame(); engine.load(games[e % 2]); engine.reset(); engine.close()\n"
+        "    if e == 1:\n"
+        "        generate(tempfile.mkdtemp(), GenerationRequest('id', seed=0, size='medium'), 1)\n"
+        "print('ok')\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.returncode == 0 and result.stdout.strip() == "ok", (result.returncode, result.stderr[-2000:])
+
+
 def test_missing_alfworld_is_one_line_naming_the_install_command(monkeypatch, tmp_path, capsys):
     for name in [m for m in sys.modules if m == "alfworld" or m.startswith("alfworld.")]:
         monkeypatch.setitem(sys.modules, name, None)

@@ -119,16 +119,24 @@ def test_commands_are_normalized(command):
     assert not env.step(command)[4]["illegal"]
 
 
-def test_truncation_after_ten_steps():
-    env = make(reward="gflowvlm")
+@pytest.mark.parametrize("reward_mode, last_reward", [("gflowvlm", 1e-10), ("rl4vlm", -1.0)])
+def test_a_hand_unfinished_after_ten_steps_is_truncated_as_a_loss(reward_mode, last_reward):
+    env = make(reward=reward_mode)
     # 2 2 and nine aces: soft 15, 16, ... then hard 12 after eight hits, hard 13 after nine; never a bust.
     env.reset(options={"dealer": [9, 9], "player": [2, 2], "next_cards": [1] * 9})
     assert env.max_steps == 10
     results = [env.step("hit") for _ in range(8)] + [env.step("wait"), env.step("hit")]
     flags = [(terminated, truncated) for _, _, terminated, truncated, _ in results]
     assert flags == [(False, False)] * 9 + [(False, True)]
-    assert [r for _, r, *_ in results[:-1]] == [0.0] * 9
-    assert results[-1][1] == pytest.approx(10.0) and not results[-1][4]["success"]
+    illegal_reward = -1.0 if reward_mode == "rl4vlm" else 0.0
+    assert [r for _, r, *_ in results[:-1]] == [0.0] * 8 + [illegal_reward]
+    assert [info["log_reward"] for *_, info in results[:-1]] == pytest.approx([math.log(10.0)] * 9)  # still open
+    obs, reward, _, _, info = results[-1]
+    # Forfeited, not a draw: a draw (R = 10) would pay stalling more than the random policy's mean R of 6.0.
+    assert reward == pytest.approx(last_reward, rel=1e-9) and not info["success"]
+    assert info["log_reward"] == pytest.approx(MIN_LOG_REWARD) and env.outcome == -1 and env.forfeited
+    assert obs["text"].endswith("you lose: the hand ran out of steps") and "dealer shows 9" in obs["text"]
+    assert not env.dealer_revealed   # the dealer never played the hand
 
 
 def test_reset_options_are_validated():

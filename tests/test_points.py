@@ -237,7 +237,20 @@ def test_points24_truncates_after_twenty_one_steps():
     results = play(env, ["("] * 21)
     assert [r[2] for r in results] == [False] * 20 + [True]
     assert [r[0] for r in results[:-1]] == [0.0] * 20
-    assert results[-1][0] == pytest.approx(FLOOR_REWARD + 0.0)  # alive (no card used yet), but nothing done
+    assert results[-1][0] == pytest.approx(FLOOR_REWARD)  # truncated without "=": a failure, the floor
+    assert results[-1][3]["log_reward"] == pytest.approx(math.log(FLOOR_REWARD))
+
+
+def test_truncation_keeps_no_partial_credit_but_intermediate_states_do():
+    env = make(EZ, reward="gflowvlm")
+    env.reset(seed=0, options={"cards": [3, 4]})
+    results = play(env, ["3", "*", "4", "9", "9", "9"])   # a solution written, then stalled with illegal "9"s
+    credits = [math.exp(info["log_reward"]) for *_, info in results]
+    whole = FLOOR_REWARD + PROGRESS_REWARD
+    assert credits[:5] == pytest.approx([FLOOR_REWARD + PROGRESS_REWARD / 2] * 2 + [whole] * 3)  # forward-looking
+    reward, terminated, truncated, _ = results[-1]
+    assert truncated and not terminated
+    assert reward == pytest.approx(FLOOR_REWARD) and credits[-1] == pytest.approx(FLOOR_REWARD)
 
 
 def test_gflowvlm_partial_credit_along_a_solution():

@@ -14,6 +14,7 @@ import importlib
 import json
 import os
 import re
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from types import SimpleNamespace
@@ -58,6 +59,36 @@ def cache_root() -> str:
     return os.path.abspath(root)
 
 
+# Copies of fast-downward's library given back by closed engines, for the next engine to reuse. A copy is never
+# unloaded: after dlclose of one copy, loading the next one could crash the process (a segfault inside dlopen,
+# seen after a few engines were closed and others created, e.g. one env per image size in one test process).
+_SPARE_LIBS: list[Any] = []
+_SPARE_LOCK = threading.Lock()
+
+
+def new_pddl_env(infos: Any) -> Any:
+    """A textworld `PddlEnv`, on a closed engine's copy of fast-downward's library when one is spare (else on a
+    fresh copy, which is what `PddlEnv()` always loads). Every PddlEnv of the project is made here."""
+    alf = require_alfworld()
+    with _SPARE_LOCK:
+        if not _SPARE_LIBS:
+            return alf.pddl.PddlEnv(infos)
+        spare = _SPARE_LIBS.pop()
+        fresh_copy = alf.fast_downward.load_lib
+        alf.fast_downward.load_lib = lambda: spare   # what PddlEnv.__init__ calls to get its library
+        try:
+            return alf.pddl.PddlEnv(infos)
+        finally:
+            alf.fast_downward.load_lib = fresh_copy
+
+
+def give_back_lib(downward_lib: Any) -> None:
+    """Free a copy's planning state and keep the copy for `new_pddl_env` (instead of unloading it)."""
+    downward_lib.cleanup()
+    with _SPARE_LOCK:
+        _SPARE_LIBS.append(downward_lib)
+
+
 _UNKNOWN_TASK = "Your task is to: UNKNOWN GOAL."
 _TASK_RULE = re.compile(r'"rhs": "(Your task is to: [^"]*)"')
 
@@ -86,7 +117,7 @@ class EngineGame:
     def __init__(self) -> None:
         alf = require_alfworld()
         infos = alf.textworld.EnvInfos(won=True, admissible_commands=True)
-        self._pddl_env = alf.pddl.PddlEnv(infos)
+        self._pddl_env = new_pddl_env(infos)
         # ALFWorld's demangler turns ids like Apple_bar_... into "apple 1", exactly as AlfredTWEnv shows them.
         self._env = alf.tw_env.AlfredDemangler()(self._pddl_env)
         self.game_file: str | None = None
@@ -95,10 +126,11 @@ class EngineGame:
         self._closed = False
 
     def close(self) -> None:
-        """Unload this engine's copy of fast-downward's library; the engine is unusable afterwards."""
+        """Give this engine's copy of fast-downward's library back for the next engine (see `_SPARE_LIBS`);
+        the engine is unusable afterwards."""
         if not self._closed:
             self._closed = True
-            require_alfworld().fast_downward.close_lib(self._pddl_env.downward_lib)
+            give_back_lib(self._pddl_env.downward_lib)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Iterable
 
-from envs.alfworld.engine import base_grammar, require_alfworld
+from envs.alfworld.engine import base_grammar, new_pddl_env, require_alfworld
 from envs.alfworld.speedups import fast_engine
 
 # Receptacle classes the domain's actions name (cleaning, heating, cooling): always kept, lower-case as in facts.
@@ -129,7 +129,7 @@ class Planner:
 
     def __init__(self) -> None:
         alf = require_alfworld()
-        self._env = alf.pddl.PddlEnv(alf.textworld.EnvInfos(won=True, admissible_commands=True))
+        self._env = new_pddl_env(alf.textworld.EnvInfos(won=True, admissible_commands=True))
         with open(alf.info.ALFRED_PDDL_PATH) as f:
             self._domain = f.read()
 

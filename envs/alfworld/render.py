@@ -35,6 +35,9 @@ FAMILIES = {
     "seat": {"sofa", "armchair", "bed", "ottoman", "toilet"},
 }
 AGENT_COLOR = (210, 30, 30)
+STATUS_SHARE = 0.4      # the status text's most of the image height
+MIN_TEXT_SIZE = 6       # the smallest status font (pixels); below it the bundled font is unreadable
+LINE_SPACING = 1.25
 INK = (20, 20, 20)
 
 
@@ -129,16 +132,47 @@ def _draw_board(image: Image.Image, view: SceneView, left: int, top: int, width:
                           max(2, pad + 1)), (x0, y0))
 
 
-def _status_lines(draw: ImageDraw.ImageDraw, view: SceneView, width: int, text_size: int) -> list[str]:
+def _status_lines(draw: ImageDraw.ImageDraw, view: SceneView, width: int, text_size: int,
+                  max_lines: int | None = None) -> list[str]:
+    """The status paragraphs wrapped to `width`; with `max_lines`, in at most that many lines (at least one).
+
+    A receptacle can hold dozens of objects, more than a small image has lines for, so under `max_lines` the
+    "Sees" list gets the lines "At" and "Holds" leave it and ends in "+N more" when it is cut (at least one
+    line, "Sees: +N more"); what still overflows (a one-line 32 px image) is cut at the last line that fits."""
     where = f"At: {view.agent_at}" if view.agent_at else "At: the middle of the room"
+    holds = "Holds: " + (", ".join(view.holding) if view.holding else "nothing")
+    where_lines, holds_lines = _wrapped(draw, where, width, text_size), _wrapped(draw, holds, width, text_size)
     if view.agent_at is None:
         sees = "Sees: the receptacles above"
     elif view.visible is None:
         sees = f"Sees: the {view.agent_at} is closed"
     else:
         sees = "Sees: " + (", ".join(view.visible) if view.visible else "nothing")
-    holds = "Holds: " + (", ".join(view.holding) if view.holding else "nothing")
-    return [line for paragraph in (where, sees, holds) for line in _wrapped(draw, paragraph, width, text_size)]
+    sees_lines = _wrapped(draw, sees, width, text_size)
+    if max_lines is None:
+        return where_lines + sees_lines + holds_lines
+    room = max(1, max_lines - len(where_lines) - len(holds_lines))
+    if view.visible and len(sees_lines) > room:
+        def cut(shown: int) -> list[str]:
+            listed = view.visible[:shown] + [f"+{len(view.visible) - shown} more"]
+            return _wrapped(draw, "Sees: " + ", ".join(listed), width, text_size)
+
+        # The most objects whose list still fits (a binary search: a frame may see 50 objects, each try wraps).
+        low, high = 0, len(view.visible) - 1
+        while low < high:
+            middle = (low + high + 1) // 2
+            low, high = (middle, high) if len(cut(middle)) <= room else (low, middle - 1)
+        sees_lines = cut(low)
+    return (where_lines + sees_lines + holds_lines)[:max(1, max_lines)]
+
+
+def _status_height(lines: int, text_size: int, margin: int) -> int:
+    return int(lines * text_size * LINE_SPACING + margin)
+
+
+def _max_status_lines(size: int, margin: int, text_size: int) -> int:
+    """Lines of `text_size` that fit in the status share of a `size` image (at least one)."""
+    return max(1, int((size * STATUS_SHARE - margin) // (text_size * LINE_SPACING)))
 
 
 def draw_scene(view: SceneView, size: int) -> np.ndarray:
@@ -150,18 +184,23 @@ def draw_scene(view: SceneView, size: int) -> np.ndarray:
     task_font = fit_font(draw, view.task, size - 2 * margin, header_h * 0.6)
     draw.text((size / 2, header_h / 2), view.task, font=task_font, fill=(255, 255, 255), anchor="mm")
 
-    # The status text gets the room it needs (shrinking the font past 40% of the image); the board the rest.
+    # The status text gets the room it needs, shrinking the font to keep within 40% of the image; at the smallest
+    # font its lists are cut to what fits. (Without the cut, a long "Sees" list at the smallest font was taller
+    # than a small image, which left the board a negative height: math.sqrt raised in _draw_board.)
     text_size = max(7, size // 22)
-    lines = _status_lines(draw, view, size - 2 * margin, text_size)
-    while len(lines) * text_size * 1.25 + margin > size * 0.4 and text_size > 6:
+    width = size - 2 * margin
+    lines = _status_lines(draw, view, width, text_size)
+    while _status_height(len(lines), text_size, margin) > size * STATUS_SHARE and text_size > MIN_TEXT_SIZE:
         text_size -= 1
-        lines = _status_lines(draw, view, size - 2 * margin, text_size)
-    status_h = int(len(lines) * text_size * 1.25 + margin)
+        lines = _status_lines(draw, view, width, text_size)
+    if _status_height(len(lines), text_size, margin) > size * STATUS_SHARE:
+        lines = _status_lines(draw, view, width, text_size, _max_status_lines(size, margin, text_size))
+    status_h = _status_height(len(lines), text_size, margin)
     top = size - status_h
     _draw_board(image, view, margin, header_h + margin, size - 2 * margin, top - header_h - 2 * margin)
     draw.rectangle([0, top, size, size], fill=(255, 255, 255), outline=(120, 120, 120))
     for k, line in enumerate(lines):
-        y = top + margin // 2 + k * text_size * 1.25
+        y = top + margin // 2 + k * text_size * LINE_SPACING
         if y + text_size > size:
             break
         draw.text((margin, y), line, font=font(text_size), fill=INK)

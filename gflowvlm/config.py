@@ -1,15 +1,20 @@
 """Every run's hyperparameters, in one place.
 
 A run config is a YAML file (see configs/) whose sections are the dataclasses below, plus command-line overrides
-`section.key=value`. Unknown keys and wrong types are errors that name the key path (see config_schema.py).
+`section.key=value`; a file may name `base: FILE` (or a list) that it overrides (config_schema.load_composed_yaml).
+Unknown keys and wrong types are errors that name the key path (see config_schema.py); every number's range is in
+FIELD_BOUNDS, and `validate` checks it all, the env included, before any model loads.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
-from gflowvlm.config_schema import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from gflowvlm.config_schema import (ConfigError, apply_overrides, check_output_dir, from_dict, load_composed_yaml,
+                                    to_dict)
 
 ALGORITHMS = ("tb", "vartb", "subtb", "db", "ppo", "sft")
 
@@ -80,7 +85,10 @@ class CollectConfig:
 @dataclass
 class ObjectiveConfig:
     lam: float = 1.0  # SubTB lambda
-    flow: Literal["head", "done", "forward_looking"] = "done"  # how log F(s) is made for subtb/db
+    # How log F(s) is made for subtb/db: "done" = the paper's log R(s) - log P([DONE] | s) at every state, the
+    # last one included; "done_pinned" = the same but the last state's flow is R(x); "head" = a learned flow
+    # head; "forward_looking" = log F~(s) + log R(s) (Pan et al.).
+    flow: Literal["head", "done", "done_pinned", "forward_looking"] = "done"
     cot_weight: float = 0.4  # log P_F = log p(action) + cot_weight * log p(CoT) (the paper's lambda)
     reward_beta: float = 1.0  # R^beta: sharpen (beta > 1) or flatten the target distribution
     min_log_reward: float = -23.0  # log R is clipped from below (R = 1e-10 for Blackjack losses)
@@ -134,8 +142,13 @@ class RunConfig:
     output_dir: str = "runs/run"
     seed: int = 0
     steps: int = 100  # optimizer iterations (one collect + update each for tb/subtb/db/ppo)
+    # Stop once this many on-policy environment steps were collected (an equal budget for every method compared);
+    # `steps` stays an upper bound. None: no budget.
+    max_env_steps: int | None = None
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     resume: bool = False
+    # A fresh run into an output_dir that holds a run is refused; overwrite=true deletes that run first.
+    overwrite: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -149,47 +162,129 @@ class RunConfig:
 
 
 def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Load a YAML run config, apply overrides, validate. Raises ConfigError with a one-line message."""
-    data = load_yaml(path) if path else {}
+    """Load a YAML run config (with its `base:` files), apply overrides, validate. ConfigError: one line."""
+    data = load_composed_yaml(path) if path else {}
     data = apply_overrides(data, list(overrides))
     config = from_dict(RunConfig, data)
     validate(config)
     return config
 
 
+@dataclass(frozen=True)
+class Bound:
+    """The range a number must lie in; None = unbounded on that side; open = the end itself is excluded."""
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def allows(self, value: float) -> bool:
+        if self.low is not None and (value < self.low or self.low_open and value == self.low):
+            return False
+        return self.high is None or not (value > self.high or self.high_open and value == self.high)
+
+    def describe(self) -> str:
+        if self.high is None:
+            return "positive" if self.low == 0 and self.low_open else f"{'>' if self.low_open else '>='} {self.low}"
+        return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+
+
+POSITIVE, NON_NEGATIVE, UNIT, ANY = Bound(0, low_open=True), Bound(0), Bound(0, 1), Bound()
+# Every number in the config, by key path (list fields: each item). Floats must also be finite (checked for every
+# float field, listed or not). tests/test_config_validation.py fails when a numeric field is missing here.
+FIELD_BOUNDS: dict[str, Bound] = {
+    "seed": Bound(0, 2**32 - 1),  # numpy's seed range (accelerate's set_seed seeds numpy)
+    "steps": POSITIVE, "max_env_steps": POSITIVE,
+    "model.lora_r": POSITIVE, "model.lora_alpha": POSITIVE, "model.lora_dropout": Bound(0, 1, high_open=True),
+    "model.head_hidden": POSITIVE,
+    "generation.temperature": NON_NEGATIVE, "generation.top_p": Bound(0, 1, low_open=True),
+    "generation.max_new_tokens": POSITIVE,
+    "prompt.max_history_steps": NON_NEGATIVE, "prompt.max_prompt_tokens": POSITIVE,
+    "env.image_size": Bound(16, 2048),  # what envs.base.VLMEnv draws
+    "env.max_steps": POSITIVE, "env.num_envs": POSITIVE,
+    "collect.trajectories_per_task": POSITIVE, "collect.episodes": NON_NEGATIVE, "collect.epsilon": UNIT,
+    "collect.replay_size": NON_NEGATIVE, "collect.replay_tasks": POSITIVE, "collect.replay_samples": NON_NEGATIVE,
+    "objective.lam": POSITIVE, "objective.cot_weight": NON_NEGATIVE, "objective.reward_beta": POSITIVE,
+    "objective.min_log_reward": ANY, "objective.max_nonfinite_steps": POSITIVE,
+    "ppo.cot_weight": NON_NEGATIVE, "ppo.gamma": UNIT, "ppo.gae_lambda": UNIT, "ppo.clip": POSITIVE,
+    "ppo.epochs": POSITIVE, "ppo.minibatch_size": POSITIVE, "ppo.value_coef": NON_NEGATIVE,
+    "optim.lr": POSITIVE, "optim.head_lr": POSITIVE, "optim.weight_decay": NON_NEGATIVE,
+    "optim.min_lr": NON_NEGATIVE, "optim.warmup_steps": NON_NEGATIVE, "optim.cosine_period": POSITIVE,
+    "optim.grad_clip": NON_NEGATIVE,  # 0 = no clipping
+    "optim.grad_accum": POSITIVE, "optim.batch_size": POSITIVE,
+    "logging.log_every": POSITIVE, "logging.save_every": POSITIVE, "logging.keep_last": POSITIVE,
+    "logging.sample_every": POSITIVE,
+}
+# Algorithms that sample their own trajectories (everything but sft): temperature 0 cannot sample.
+SAMPLING_ALGORITHMS = ("tb", "vartb", "subtb", "db", "ppo")
+
+
+def check_fields(section: Any, prefix: str = "") -> None:
+    """Every float finite, every number in its FIELD_BOUNDS range, recursively; ConfigError naming the key."""
+    for item in dataclasses.fields(section):
+        key = f"{prefix}{item.name}"
+        value = getattr(section, item.name)
+        if dataclasses.is_dataclass(value):
+            check_fields(value, f"{key}.")
+            continue
+        for number in (value if isinstance(value, list) else [value]):
+            if isinstance(number, bool) or not isinstance(number, (int, float)):
+                continue
+            if isinstance(number, float) and not math.isfinite(number):
+                raise ConfigError(f"{key} must be a finite number, got {number}")
+            bound = FIELD_BOUNDS.get(key)
+            if bound is not None and not bound.allows(number):
+                raise ConfigError(f"{key} must be {bound.describe()}, got {number}")
+
+
 def validate(config: RunConfig) -> None:
-    """Checks across fields that types alone cannot express."""
-    positive = {
-        "steps": config.steps, "env.num_envs": config.env.num_envs, "env.image_size": config.env.image_size,
-        "collect.trajectories_per_task": config.collect.trajectories_per_task,
-        "optim.grad_accum": config.optim.grad_accum, "optim.batch_size": config.optim.batch_size,
-        "generation.max_new_tokens": config.generation.max_new_tokens, "model.lora_r": config.model.lora_r,
-        "logging.save_every": config.logging.save_every, "logging.keep_last": config.logging.keep_last,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{key} must be positive, got {value}")
+    """Everything about a config that can be checked before a model loads (ConfigError: one line, the key named).
+
+    Ranges come from FIELD_BOUNDS; the rest are checks across fields and of the environment the config names.
+    Paths on disk are checked by check_run_paths (training only: evaluation reads old runs' configs too).
+    """
+    check_fields(config)
     episodes = config.collect.episodes or config.env.num_envs
-    if config.collect.episodes < 0:
-        raise ConfigError(f"collect.episodes must be >= 0, got {config.collect.episodes}")
     if episodes % config.collect.trajectories_per_task:
         raise ConfigError("collect.episodes (or env.num_envs) must be a multiple of collect.trajectories_per_task "
                           f"({episodes} vs {config.collect.trajectories_per_task})")
-    if not 0.0 <= config.collect.epsilon <= 1.0:
-        raise ConfigError(f"collect.epsilon must be in [0, 1], got {config.collect.epsilon}")
-    if config.generation.temperature < 0:
-        raise ConfigError(f"generation.temperature must be >= 0, got {config.generation.temperature}")
-    if not 0.0 < config.generation.top_p <= 1.0:
-        raise ConfigError(f"generation.top_p must be in (0, 1], got {config.generation.top_p}")
-    if config.objective.lam <= 0:
-        raise ConfigError(f"objective.lam must be positive, got {config.objective.lam}")
+    if config.algorithm in SAMPLING_ALGORITHMS and config.generation.temperature == 0:
+        raise ConfigError(f"generation.temperature=0 cannot sample the trajectories {config.algorithm} trains on; "
+                          "give a positive temperature (for greedy decoding evaluate with `gflowvlm eval --greedy`)")
     if config.algorithm == "vartb" and config.collect.trajectories_per_task < 2:
         raise ConfigError("vartb needs collect.trajectories_per_task >= 2 (the variance is over samples of a task)")
     if config.algorithm == "sft" and not config.sft.data:
         raise ConfigError("sft needs sft.data (a JSONL file from `gflowvlm make-sft-data`)")
+    if config.collect.replay_samples and not config.collect.replay_size:
+        raise ConfigError("collect.replay_samples > 0 needs collect.replay_size > 0 (there is no buffer to replay)")
     for tracker in config.logging.trackers:
         if tracker not in ("wandb", "tensorboard"):
             raise ConfigError(f"logging.trackers: unknown tracker {tracker!r} (wandb, tensorboard)")
+    _check_env(config)
+
+
+def _check_env(config: RunConfig) -> None:
+    """env.id, env.split, env.kwargs and collect.expert_strategy against the env class's signature (not made)."""
+    from gflowvlm.cli import UserError  # deferred: gymnasium and the envs import only when a config is checked
+    from gflowvlm.env_factory import check_env_options
+
+    env = config.env
+    try:
+        check_env_options(env.id, env.split, env.kwargs, max_steps=env.max_steps,
+                          strategy=config.collect.expert_strategy)
+    except UserError as error:
+        raise ConfigError(str(error)) from None
+
+
+def check_run_paths(config: RunConfig) -> None:
+    """What a training run reads and writes exists (or can be created): checked before the model loads."""
+    check_output_dir(config.output_dir, "output_dir")
+    if config.algorithm == "sft":
+        if not Path(config.sft.data).is_file():
+            raise ConfigError(f"sft.data: file not found: {config.sft.data} (write it with `gflowvlm make-sft-data`)")
+    if config.model.init_from:
+        if not Path(config.model.init_from).is_dir():
+            raise ConfigError(f"model.init_from: adapter directory not found: {config.model.init_from}")
 
 
 def config_to_dict(config: RunConfig) -> dict:
@@ -203,5 +298,5 @@ def replace(config: RunConfig, **changes: Any) -> RunConfig:
 __all__ = [
     "ALGORITHMS", "ConfigError", "RunConfig", "ModelConfig", "GenerationConfig", "PromptConfig", "EnvConfig",
     "CollectConfig", "ObjectiveConfig", "PPOConfig", "SFTConfig", "OptimConfig", "LoggingConfig",
-    "load_config", "validate", "config_to_dict",
+    "load_config", "validate", "check_fields", "check_run_paths", "FIELD_BOUNDS", "config_to_dict",
 ]

@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from gflowvlm.config import PromptConfig
+from gflowvlm.config import PromptConfig, check_fields
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,12 @@ ENV_FORMATS: dict[str, EnvFormat] = {
 _RESERVED_FIELDS = ("thoughts", "action")
 
 
+def check_prompt_config(config: PromptConfig) -> None:
+    """The prompt settings' ranges (config.FIELD_BOUNDS; a ConfigError, which is a ValueError). Config validation
+    runs the same check before any model loads; commands that build prompts without a run config call this."""
+    check_fields(config, "prompt.")
+
+
 def env_format(env_id: str) -> EnvFormat:
     """The response format of `env_id`; the generic one for ids not in `ENV_FORMATS`."""
     return ENV_FORMATS.get(env_id, GENERIC_FORMAT)
@@ -72,10 +78,7 @@ class PromptBuilder:
     def __init__(self, env_id: str, config: PromptConfig, count_tokens: Callable[[str], int] | None = None):
         if not isinstance(env_id, str) or not env_id:
             raise ValueError(f"env_id must be a non-empty string, got {env_id!r}")
-        if config.max_history_steps < 0:
-            raise ValueError(f"prompt.max_history_steps must be >= 0, got {config.max_history_steps}")
-        if config.max_prompt_tokens <= 0:
-            raise ValueError(f"prompt.max_prompt_tokens must be positive, got {config.max_prompt_tokens}")
+        check_prompt_config(config)
         self.env_id = env_id
         self.config = config
         self.count_tokens = count_tokens

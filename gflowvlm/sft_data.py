@@ -18,9 +18,10 @@ from tqdm import tqdm
 
 from gflowvlm.cli import UserError
 from gflowvlm.collector import play_expert
-from gflowvlm.config import PromptConfig
-from gflowvlm.env_factory import make_env
-from gflowvlm.prompting import Prompt, PromptBuilder
+from gflowvlm.config import FIELD_BOUNDS, PromptConfig
+from gflowvlm.config_schema import ConfigError, check_output_dir, check_output_file
+from gflowvlm.env_factory import check_env_options, make_env
+from gflowvlm.prompting import Prompt, PromptBuilder, check_prompt_config
 
 DONE_TOKEN = "[DONE]"
 
@@ -28,15 +29,13 @@ DONE_TOKEN = "[DONE]"
 def write_sft_data(env_id: str, out: str | Path, samples: int, split: str = "id", done_fraction: float = 0.0,
                    image_size: int = 64, seed: int = 0, prompt_config: PromptConfig | None = None,
                    env_kwargs: dict | None = None, progress: bool = True) -> Path:
-    if samples <= 0:
-        raise UserError(f"--samples must be positive, got {samples}")
-    if not 0.0 <= done_fraction < 1.0:
-        raise UserError(f"--done-fraction must be in [0, 1), got {done_fraction}")
     out = Path(out)
     images = out.parent / f"{out.stem}_images"
-    images.mkdir(parents=True, exist_ok=True)
+    prompt_config = prompt_config or PromptConfig()
+    check_sft_options(env_id, out, samples, split, done_fraction, image_size, seed, prompt_config, env_kwargs)
     env = make_env(env_id, split=split, image_size=image_size, **(env_kwargs or {}))
-    builder = PromptBuilder(env_id, prompt_config or PromptConfig())
+    builder = PromptBuilder(env_id, prompt_config)
+    images.mkdir(parents=True, exist_ok=True)
     n_done = round(samples * done_fraction)
     n_action = samples - n_done
     written_action = written_done = 0
@@ -63,6 +62,30 @@ def write_sft_data(env_id: str, out: str | Path, samples: int, split: str = "id"
                 break
     env.close()
     return out
+
+
+def check_sft_options(env_id: str, out: Path, samples: int, split: str, done_fraction: float, image_size: int,
+                      seed: int, prompt_config: PromptConfig, env_kwargs: dict | None) -> None:
+    """Every option, before an env is made or a file written (one line naming the command-line flag)."""
+    if samples <= 0:
+        raise UserError(f"--samples must be positive, got {samples}")
+    if not 0.0 <= done_fraction < 1.0:  # also refuses nan
+        raise UserError(f"--done-fraction must be in [0, 1), got {done_fraction}")
+    if seed < 0:
+        raise UserError(f"--seed must be >= 0, got {seed}")
+    size = FIELD_BOUNDS["env.image_size"]
+    if not size.allows(image_size):
+        raise UserError(f"--image-size must be {size.describe()}, got {image_size}")
+    try:
+        check_prompt_config(prompt_config)
+    except ConfigError as error:  # name the flag, not the config key
+        raise UserError(str(error).replace("prompt.max_history_steps", "--max-history-steps")) from None
+    check_output_file(str(out), "--out")
+    check_output_dir(str(out.parent / f"{out.stem}_images"), "--out (its images folder)")
+    options = dict(env_kwargs or {})
+    strategy = options.pop("strategy", None)
+    check_env_options(env_id, split, options, strategy=strategy,
+                      keys={"id": "--env", "split": "--split", "kwargs": "env_kwargs", "strategy": "--expert-strategy"})
 
 
 def _episode_seeds(seed: int) -> Iterator[int]:

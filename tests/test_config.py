@@ -15,11 +15,12 @@ def write(tmp_path, text):
 
 def test_yaml_and_overrides_are_typed(tmp_path):
     path = write(tmp_path, "algorithm: tb\nmodel:\n  lora_r: 8\noptim:\n  lr: 1\n")
-    config = load_config(path, ["optim.head_lr=3e-3", "objective.lam=0.5", "env.kwargs.foo=3", "logging.trackers=[wandb]"])
+    config = load_config(path, ["optim.head_lr=3e-3", "objective.lam=0.5", "env.id=gflowvlm/Blackjack-v0",
+                                "env.kwargs.strategy=stand17", "logging.trackers=[wandb]"])
     assert isinstance(config, RunConfig)
     assert config.algorithm == "tb" and config.model.lora_r == 8
     assert config.optim.lr == 1.0 and isinstance(config.optim.lr, float)  # int in YAML becomes a float
-    assert config.objective.lam == 0.5 and config.env.kwargs == {"foo": 3}
+    assert config.objective.lam == 0.5 and config.env.kwargs == {"strategy": "stand17"}
     assert config.optim.head_lr == 3e-3  # YAML 1.1 reads 3e-3 as a string; a float field accepts it
     assert config.logging.trackers == ["wandb"]
 

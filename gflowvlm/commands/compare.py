@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from gflowvlm.cli import UserError
+from gflowvlm.config_schema import check_output_dir
 from gflowvlm.report import (EvalResult, RunResults, finite, markdown_table, method_name, plot_split_bars,
                              plot_success_curves, sources)
 
@@ -34,6 +35,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not 0.0 <= args.smoothing < 1.0:
         raise UserError(f"--smoothing must be in [0, 1), got {args.smoothing}")
+    check_output_dir(args.out, "--out")  # before reading any run: a file in the way is known now
     runs = [load_run(Path(directory)) for directory in args.runs]
     _unique_labels(runs)
     out = Path(args.out)

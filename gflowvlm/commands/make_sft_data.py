@@ -1,13 +1,27 @@
-"""`gflowvlm make-sft-data --env ID --split id --samples N --out FILE`: oracle SFT data (JSONL + PNG images)."""
+"""`gflowvlm make-sft-data --env ID --split id --samples N --out FILE`: oracle SFT data (JSONL + PNG images).
+
+The prompts are built as training builds them: pass the run's prompt settings (--no-history for
+`prompt.history=false`, --max-history-steps for `prompt.max_history_steps`) so SFT data and training prompts match,
+and --expert-strategy for the oracle (the run's `collect.expert_strategy`, e.g. Blackjack's stand17).
+"""
 from __future__ import annotations
 
 import argparse
 
+from gflowvlm.cli import UserError
 from gflowvlm.config import PromptConfig
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's usage errors become a UserError: one line on stderr, exit code 2 (as every other bad input)."""
+
+    def error(self, message: str):
+        raise UserError(message)
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="gflowvlm make-sft-data", description=__doc__)
+    parser = _Parser(prog="gflowvlm make-sft-data", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", required=True)
     parser.add_argument("--split", default="id")
     parser.add_argument("--samples", type=int, required=True, help="records to write (action + [DONE] samples)")
@@ -16,13 +30,18 @@ def main(argv: list[str]) -> int:
                         help="fraction of [DONE] samples at terminal states (the paper: about 0.25-0.3)")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-history", action="store_true", help="Markovian prompts (no past states)")
-    parser.add_argument("--max-history-steps", type=int, default=PromptConfig.max_history_steps)
+    parser.add_argument("--expert-strategy", metavar="NAME",
+                        help="the oracle, for envs that have several (Blackjack: basic, stand17, max_win)")
+    parser.add_argument("--no-history", action="store_true", help="Markovian prompts (prompt.history=false)")
+    parser.add_argument("--max-history-steps", type=int, default=PromptConfig.max_history_steps,
+                        help=f"past steps in a prompt (prompt.max_history_steps; default "
+                             f"{PromptConfig.max_history_steps})")
     args = parser.parse_args(argv)
     from gflowvlm.sft_data import write_sft_data
 
     prompt = PromptConfig(history=not args.no_history, max_history_steps=args.max_history_steps)
+    options = {"strategy": args.expert_strategy} if args.expert_strategy else {}
     path = write_sft_data(args.env, args.out, args.samples, split=args.split, done_fraction=args.done_fraction,
-                          image_size=args.image_size, seed=args.seed, prompt_config=prompt)
+                          image_size=args.image_size, seed=args.seed, prompt_config=prompt, env_kwargs=options)
     print(f"wrote {args.samples} records to {path}")
     return 0

@@ -2,22 +2,33 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from gflowvlm.config import load_config
+from gflowvlm.cli import UserError
+from gflowvlm.config import check_run_paths, load_config
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's usage errors become a UserError: one line on stderr, exit code 2 (as every other bad input)."""
+
+    def error(self, message: str):
+        raise UserError(message)
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="gflowvlm train", description=__doc__)
-    parser.add_argument("--config", required=True, help="YAML run config (see configs/)")
+    parser = _Parser(prog="gflowvlm train", description=__doc__)
+    parser.add_argument("--config", required=True, help="YAML run config (see configs/; `base: FILE` composes)")
     parser.add_argument("--resume", metavar="DIR", help="resume from this checkpoint directory")
     parser.add_argument("overrides", nargs="*", help="config overrides such as optim.lr=1e-5")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.overrides)
+    # Everything the run reads or writes is checked here, before the model loads (minutes for a 7B model).
+    check_run_paths(config)
+    if args.resume and not Path(args.resume).is_dir():
+        raise UserError(f"--resume: checkpoint directory not found: {args.resume}")
     from gflowvlm.trainer import Trainer  # deferred: torch/transformers import only once the config is valid
 
-    trainer = Trainer(config)
-    if args.resume:
-        trainer.resume(args.resume)
+    trainer = Trainer(config, resume_from=args.resume)
     final = trainer.train()
     if trainer.accelerator.is_main_process:
         print(f"done: {trainer.step} steps, adapters in {final}, metrics in {config.output_dir}/metrics.jsonl")

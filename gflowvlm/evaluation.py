@@ -29,15 +29,14 @@ from tqdm import tqdm
 
 from gflowvlm import checkpoint
 from gflowvlm.cli import UserError
-from gflowvlm.collector import Collector, GenerateFn, derived_seed
+from gflowvlm.collector import Collector, GenerateFn
 from gflowvlm.config import GenerationConfig, ModelConfig, RunConfig, load_config
 from gflowvlm.env_factory import make_env
+from gflowvlm.seeding import Stream, stream_seed
 from gflowvlm.stats import div_at_k, wilson_interval
 from gflowvlm.trajectory import Trajectory
 
 UNPARSEABLE_MODES = ("random", "illegal")
-# Mixed into the task seeds so evaluation tasks are not the tasks a training run with the same seed collected.
-_EVAL_SEED_TAG = 0x6576616C
 
 
 @dataclass(frozen=True)
@@ -63,8 +62,9 @@ class EpisodeRecord:
 
 
 def task_seeds(seed: int, tasks: int) -> list[int]:
-    """The reset seed of each evaluation task (deterministic in `seed`)."""
-    return [derived_seed(seed, _EVAL_SEED_TAG, index) for index in range(tasks)]
+    """The reset seed of each evaluation task (deterministic in `seed`). A stream of its own, so evaluation tasks are
+    not the tasks a training run with the same seed collected (they changed when gflowvlm.seeding came in)."""
+    return [stream_seed(Stream.EVAL_TASK, seed, index) for index in range(tasks)]
 
 
 def summarize(records: Sequence[EpisodeRecord], samples_per_task: int) -> dict[str, Any]:
@@ -293,9 +293,15 @@ def check_env(config: RunConfig) -> None:
 
 
 def base_run_config(resolved: ResolvedCheckpoint | None, env_id: str, model: str | None = None,
-                    image_size: int | None = None, temperature: float | None = None) -> RunConfig:
-    """The run's config (or the defaults) pointed at env_id; the env options and horizon of another env go."""
+                    image_size: int | None = None, temperature: float | None = None,
+                    trust_remote_code: bool = False) -> RunConfig:
+    """The run's config (or the defaults) pointed at env_id; the env options and horizon of another env go.
+
+    model.trust_remote_code is this call's `trust_remote_code`, whatever the run's config.yaml says: a file read
+    from disk never turns on remote code (README: "Trust model").
+    """
     config = load_config(str(resolved.config_path)) if resolved and resolved.config_path else RunConfig()
+    config.model.trust_remote_code = bool(trust_remote_code)
     if config.env.id != env_id:
         config.env.kwargs = {}
         config.env.max_steps = None
@@ -313,18 +319,22 @@ def base_run_config(resolved: ResolvedCheckpoint | None, env_id: str, model: str
     return config
 
 
-def load_policy(resolved: ResolvedCheckpoint | None, model_config: ModelConfig | None):
+def load_policy(resolved: ResolvedCheckpoint | None, model_config: ModelConfig | None,
+                trust_remote_code: bool = False):
     """The policy to evaluate: the checkpoint's adapters on their base model, or the bare base model (on the GPU
-    when there is one: the loader places it).
+    when there is one: the loader places it). The checkpoint is verified as it loads (VLMPolicy.from_pretrained).
 
     model_config None lets the adapter directory name its own base model (no run config and no --model given).
+    Remote code runs only with `trust_remote_code` (--trust-remote-code on this command line).
     """
     from gflowvlm.policy import VLMPolicy  # deferred: transformers is slow to import
 
     if resolved is None:
-        policy = VLMPolicy.from_config(dataclasses.replace(model_config, adapter="none"), heads=())
+        policy = VLMPolicy.from_config(dataclasses.replace(model_config, adapter="none",
+                                                           trust_remote_code=trust_remote_code), heads=())
     else:
-        policy = VLMPolicy.from_pretrained(str(resolved.adapter_dir), model_config)
+        policy = VLMPolicy.from_pretrained(str(resolved.adapter_dir), model_config,
+                                           trust_remote_code=trust_remote_code)
     policy.eval()
     return policy
 
@@ -355,22 +365,24 @@ def evaluate_checkpoint(path: str | Path | None, env_id: str, split: str, episod
                         temperature: float | None = None, seed: int = 0, num_envs: int | None = None,
                         out: str | Path | None = None, transcripts: int = 3, unparseable: str = "random",
                         image_size: int | None = None, max_steps: int | None = None,
-                        progress: bool = False) -> dict[str, Any]:
+                        progress: bool = False, trust_remote_code: bool = False) -> dict[str, Any]:
     """Evaluate a run / checkpoint / adapter directory (or, with path None, the base `model`) and write the JSON.
 
-    Returns the written result plus `output` (the JSON's path).
+    Returns the written result plus `output` (the JSON's path). `trust_remote_code`: the caller's own decision
+    (--trust-remote-code); nothing in the checkpoint can turn it on.
     """
     if path is None and model is None:
         raise UserError("give a checkpoint directory or a base model (--model NAME_OR_PATH)")
     if transcripts < 0:
         raise UserError(f"transcripts must be >= 0, got {transcripts}")
     resolved = resolve_checkpoint(path) if path is not None else None
-    config = base_run_config(resolved, env_id, model, image_size, temperature)
+    config = base_run_config(resolved, env_id, model, image_size, temperature, trust_remote_code)
     has_run_config = resolved is not None and resolved.config_path is not None
     # Cheap checks first: a bad count or split must not cost a model load.
     check_env(evaluation_config(config, split, samples_per_task, seed, episodes, num_envs, unparseable, max_steps))
     output = Path(out) if out is not None else default_output(path, env_id, split)
-    policy = load_policy(resolved, config.model if has_run_config or model is not None else None)
+    policy = load_policy(resolved, config.model if has_run_config or model is not None else None,
+                         trust_remote_code=trust_remote_code)
     result = evaluate(policy_generate(policy, config.generation, greedy), config, split, episodes,
                       samples_per_task, seed, num_envs=num_envs, unparseable=unparseable, max_steps=max_steps,
                       greedy=greedy,

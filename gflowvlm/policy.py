@@ -12,13 +12,17 @@ gflowvlm/model/ (loading, adapters, heads, batching, scoring, generation).
 
 Saved directory (`save_pretrained`): the peft adapter (adapter_config.json + adapter_model.safetensors, loadable
 with `peft.PeftModel.from_pretrained(base, directory)`) or, for full fine-tuning, the whole model; the heads
-(heads.safetensors); the processor; and gflowvlm_policy.json (the ModelConfig and head names).
+(heads.safetensors); the processor; gflowvlm_policy.json (the ModelConfig and head names); and manifest.json. It is
+written like a checkpoint (temporary directory, manifest, rename: see gflowvlm/checkpoint.py) and verified wherever
+it is loaded (`from_pretrained`, `model.init_from`, a base model directory). Remote code never runs because a saved
+file asks for it: only `trust_remote_code` given by the caller of this very call counts.
 """
 from __future__ import annotations
 
 import dataclasses
 import inspect
 import json
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +31,14 @@ from typing import Any
 import torch
 from peft import PeftModel
 
+from gflowvlm import checkpoint
 from gflowvlm.config import ModelConfig
+from gflowvlm.config_schema import ConfigError, from_dict
 from gflowvlm.model import batching
 from gflowvlm.model.adapters import apply_adapters, load_adapter
 from gflowvlm.model.generation import (JsonObjectEnd, eos_token_ids, sampling_config, suppressed_token_ids,
                                        trim_generated)
-from gflowvlm.model.heads import build_heads, load_heads, save_heads
+from gflowvlm.model.heads import HEAD_NAMES, build_heads, load_heads, save_heads
 from gflowvlm.model.loading import ModelLoadError, load_model_and_processor
 from gflowvlm.model.scoring import ScoreOutput, score_from_outputs
 from gflowvlm.model.tokenizer import DONE_TOKEN
@@ -70,12 +76,15 @@ class VLMPolicy(torch.nn.Module):
     def from_config(cls, config: ModelConfig, heads: Sequence[str] = ("log_z", "flow", "value"),
                     device: torch.device | str | None = None) -> "VLMPolicy":
         """Load `config.name_or_path`, then add adapters (or the ones saved in `config.init_from`) and heads."""
-        model, processor = load_model_and_processor(config, device)
         if config.init_from:
             init = Path(config.init_from)
             if not (init / "adapter_config.json").is_file():
                 raise ModelLoadError(f"model.init_from {str(init)!r} is not an adapter directory "
                                      "(no adapter_config.json; a policy saved with adapter=lora/qlora is)")
+            if (init / POLICY_FILE).is_file() or (init / checkpoint.MANIFEST).is_file():  # saved by gflowvlm
+                checkpoint.verify_saved_policy(init, allow_code=config.trust_remote_code)
+        model, processor = load_model_and_processor(config, device)
+        if config.init_from:
             model = load_adapter(model, str(init), trainable=True)
         else:
             model = apply_adapters(model, config)
@@ -85,8 +94,13 @@ class VLMPolicy(torch.nn.Module):
         return policy
 
     def save_pretrained(self, directory: str) -> None:
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
+        """Write the policy to `directory` (replaced whole): into a temporary sibling, then a manifest, then a
+        rename, so a crash leaves the previous directory or the new one, never a mix of the two."""
+        final = Path(directory)
+        path = checkpoint.temporary_sibling(final)
+        if path.exists():  # left by a crash mid-save
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
         if isinstance(self.model, PeftModel):
             kind = "adapter"
             self.model.save_pretrained(str(path))
@@ -99,23 +113,32 @@ class VLMPolicy(torch.nn.Module):
         self.processor.save_pretrained(str(path))
         meta = {"saved": kind, "heads": list(self.heads.keys()), "model": dataclasses.asdict(self.config)}
         (path / POLICY_FILE).write_text(json.dumps(meta, indent=2))
+        checkpoint.finalize(path, final)
 
     @classmethod
     def from_pretrained(cls, directory: str, config: ModelConfig | None = None,
-                        device: torch.device | str | None = None) -> "VLMPolicy":
-        """Reload a saved policy; `config` (default: the saved one) sets how the base is loaded (dtype, 4-bit...)."""
+                        device: torch.device | str | None = None, *, trust_remote_code: bool = False) -> "VLMPolicy":
+        """Reload a saved policy; `config` (default: the saved one) sets how the base is loaded (dtype, 4-bit...).
+
+        The directory is verified first (manifest, hashes; then finite weights and the expected keys). Remote code
+        runs only with `trust_remote_code=True` passed here: neither the saved metadata nor `config` (often read
+        from a run's config.yaml) can turn it on.
+        """
         path = Path(directory)
         meta_path = path / POLICY_FILE
         if not meta_path.is_file():
             raise ModelLoadError(f"{directory!r} is not a saved policy (no {POLICY_FILE})")
-        meta = json.loads(meta_path.read_text())
-        saved_config = ModelConfig(**meta["model"])
-        config = config or saved_config
+        checkpoint.verify_saved_policy(path, allow_code=trust_remote_code)
+        meta = _read_policy_file(meta_path)
+        saved_config = dataclasses.replace(meta["model"], trust_remote_code=trust_remote_code)
+        config = dataclasses.replace(config or saved_config, trust_remote_code=trust_remote_code)
         if not config.name_or_path:
             config = dataclasses.replace(config, name_or_path=saved_config.name_or_path)
         if meta["saved"] == "full":  # the directory holds the whole fine-tuned model
             config = dataclasses.replace(config, name_or_path=str(path), init_from=None, adapter="full")
-        model, processor = load_model_and_processor(config, device, processor_path=str(path))
+        # A full save is its own base and was verified above; a base named by the config is verified by the loader.
+        model, processor = load_model_and_processor(config, device, processor_path=str(path),
+                                                    verified=meta["saved"] == "full")
         if meta["saved"] == "adapter":
             model = load_adapter(model, str(path), trainable=True)
         elif meta["saved"] == "full":
@@ -124,6 +147,7 @@ class VLMPolicy(torch.nn.Module):
             model = apply_adapters(model, dataclasses.replace(config, adapter="none", vision="frozen"))
         policy = cls(model, processor, config, meta["heads"])
         load_heads(policy.heads, path, strict=True)
+        _check_finite(policy, path)
         return policy
 
     # ----- scoring ------------------------------------------------------------------------------------------------
@@ -218,6 +242,31 @@ class VLMPolicy(torch.nn.Module):
     def _heads_device(self) -> torch.device:
         parameter = next(self.heads.parameters(), None)
         return parameter.device if parameter is not None else self._device()
+
+
+def _read_policy_file(path: Path) -> dict[str, Any]:
+    """gflowvlm_policy.json, checked field by field: {"saved": kind, "heads": [names], "model": ModelConfig}."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError("not a mapping")
+        model = from_dict(ModelConfig, meta.get("model"), "model")
+    except (ValueError, UnicodeDecodeError, ConfigError) as error:
+        raise checkpoint.CheckpointError(f"{path} is malformed: {' '.join(str(error).split())[:200]}") from None
+    heads = meta.get("heads")
+    if meta.get("saved") not in ("adapter", "full", "heads"):
+        raise checkpoint.CheckpointError(f"{path} is malformed: saved must be adapter, full or heads")
+    if not isinstance(heads, list) or not all(isinstance(name, str) and name in HEAD_NAMES for name in heads):
+        raise checkpoint.CheckpointError(f"{path} is malformed: heads must be a list of {list(HEAD_NAMES)}")
+    return {"saved": meta["saved"], "heads": heads, "model": model}
+
+
+def _check_finite(policy: "VLMPolicy", path: Path) -> None:
+    """A saved policy whose trained weights hold NaN or inf is refused: it would only ever produce garbage."""
+    for name, parameter in list(policy.model.named_parameters()) + list(policy.heads.named_parameters()):
+        if (parameter.requires_grad and parameter.is_floating_point()
+                and not bool(torch.isfinite(parameter.detach()).all())):
+            raise checkpoint.CheckpointError(f"saved policy {path} has non-finite weights ({name})")
 
 
 def _forward_parameters(model: torch.nn.Module) -> set[str]:

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from gflowvlm.cli import UserError
 from gflowvlm.trajectory import Trajectory
 
 
@@ -29,13 +32,40 @@ class RunLogger:
         if self.use_trackers:
             self.accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
 
-    def truncate_after(self, step: int) -> None:
-        """On resume, drop records newer than the checkpoint so metrics.jsonl has no duplicated steps."""
+    def truncate_after(self, step: int) -> list[str]:
+        """On resume, drop records newer than the checkpoint so metrics.jsonl has no duplicated steps.
+
+        A last line torn by a crash mid-write is dropped too, and said so in one line on stderr (returned as well).
+        Any other line that is not a JSON record means the file was edited: a UserError names the line.
+        """
+        notices: list[str] = []
         if not self.accelerator.is_main_process or not self.metrics_path.exists():
-            return
-        kept = [line for line in self.metrics_path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        self.metrics_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            return notices
+        lines = self.metrics_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        kept = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict) or not isinstance(record.get("step", 0), int):
+                    raise ValueError("not a record")
+            except ValueError:
+                if any(rest.strip() for rest in lines[number:]):
+                    raise UserError(f"{self.metrics_path} line {number} is not a JSON record: the file was edited "
+                                    "or damaged; fix or delete that line to resume") from None
+                notices.append(f"{self.metrics_path}: dropped a torn last line (line {number}, written when the run "
+                               "was killed)")
+                break
+            if record.get("step", 0) <= step:
+                kept.append(line)
+        # Rewritten through a temporary file: a crash now must not cost the records that are kept.
+        temporary = self.metrics_path.with_name(f".{self.metrics_path.name}.tmp")
+        temporary.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(temporary, self.metrics_path)
+        for notice in notices:
+            print(f"gflowvlm: {notice}", file=sys.stderr)
+        return notices
 
     def samples(self, trajectories: Sequence[Trajectory], step: int, count: int = 2) -> None:
         if not self.accelerator.is_main_process or not trajectories:

@@ -1,9 +1,12 @@
 """The training run: one loop for every algorithm, read top to bottom.
 
-    setup:   accelerator -> policy (adapters + the heads the algorithm needs) -> optimizer (adapter / head groups)
+    setup:   accelerator -> output_dir checked (one run per directory; a resume only under the run's config: see
+             run_directory.py) -> policy (adapters + the heads the algorithm needs) -> optimizer (adapter / head groups)
     loop:    algorithm.update(iteration)  [collect -> score under the current policy -> loss -> backward -> step]
              -> metrics (reduced over ranks) -> metrics.jsonl / trackers / progress bar -> periodic checkpoint
-    end:     final checkpoint + `final/` adapter directory (PeftModel.from_pretrained loads it)
+    end:     final checkpoint + `final/` adapter directory (PeftModel.from_pretrained loads it; written like a
+             checkpoint: temporary directory, manifest, rename)
+    resume:  newest complete checkpoint, verified (manifest, keys, shapes, finite values) before anything is applied
 
 Algorithms (gflowvlm/algorithms/) only implement `update`; everything a run shares lives here.
 """
@@ -11,6 +14,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -21,12 +26,12 @@ from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from gflowvlm import checkpoint
+from gflowvlm import checkpoint, run_directory
 from gflowvlm.cli import UserError
 from gflowvlm.config import RunConfig, config_to_dict
 from gflowvlm.gflownet_loss import required_heads
 from gflowvlm.run_logger import RunLogger
-from gflowvlm.safe_state import load_state, save_state
+from gflowvlm.safe_state import StateFileError, load_state, save_state
 
 
 class NonFiniteLossError(UserError):
@@ -34,15 +39,22 @@ class NonFiniteLossError(UserError):
 
 
 class Trainer:
-    def __init__(self, config: RunConfig, accelerator: Accelerator | None = None):
+    def __init__(self, config: RunConfig, accelerator: Accelerator | None = None,
+                 resume_from: str | Path | None = None):
+        """`resume_from`: a checkpoint directory to continue from (`gflowvlm train --resume DIR`); `config.resume`
+        continues from output_dir's newest checkpoint."""
         self.config = config
         self.output_dir = Path(config.output_dir)
+        self.resume_from = Path(resume_from) if resume_from is not None else None
         # broadcast_buffers=False: ranks may run different numbers of forwards per step (their trajectories differ
         # in length), and DDP's per-forward buffer broadcast would then deadlock. Buffers here are constants.
         self.accelerator = accelerator or Accelerator(
             mixed_precision=config.mixed_precision, log_with=config.logging.trackers or None,
             project_dir=str(self.output_dir),
             kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+        # Before the model loads (minutes for a 7B): one run per output directory, a resume under the run's config.
+        run_directory.prepare(config, self.resume_from, self.accelerator.is_main_process)
+        self.accelerator.wait_for_everyone()
         # Same seed on every rank while the model is built, so LoRA initialisations agree.
         set_seed(config.seed)
         from gflowvlm.policy import VLMPolicy  # deferred: transformers is slow to import
@@ -85,16 +97,17 @@ class Trainer:
         """Run to `config.steps` (or stop at step `until` with a checkpoint: time-sliced jobs resume from it)."""
         accelerator = self.accelerator
         stop = self.config.steps if until is None else min(until, self.config.steps)
+        if self.config.resume or self.resume_from is not None:
+            self.resume(self.resume_from)
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(self.config), sort_keys=False))
-        if self.config.resume:
-            self.resume()
+            _write_atomically(self.output_dir / run_directory.CONFIG_FILE,
+                              yaml.safe_dump(config_to_dict(self.config), sort_keys=False))
         if self.config.logging.trackers:
             accelerator.init_trackers(self.config.logging.project, config=_flat(config_to_dict(self.config)))
         progress = tqdm(total=self.config.steps, initial=self.step, desc=self.config.algorithm, unit="step",
                         disable=not (accelerator.is_main_process and self.config.logging.progress))
-        while self.step < stop:
+        while self.step < stop and not self.budget_spent():
             started = time.perf_counter()
             metrics = self.algorithm.update(self.step)
             metrics = self._reduce(metrics)
@@ -110,7 +123,7 @@ class Trainer:
                 self.save_checkpoint()
         progress.close()
         last = self.save_checkpoint()
-        if self.step < self.config.steps:
+        if self.step < self.config.steps and not self.budget_spent():
             return last
         final = self.output_dir / "final"
         if accelerator.is_main_process:
@@ -118,6 +131,12 @@ class Trainer:
         accelerator.wait_for_everyone()
         accelerator.end_training()
         return final
+
+    def budget_spent(self) -> bool:
+        """Whether the run has collected its `max_env_steps` (summed over ranks): an equal experience budget for
+        every method compared, whatever the length of the episodes each one plays."""
+        budget = self.config.max_env_steps
+        return budget is not None and self.env_steps >= budget
 
     def optimizer_step(self, loss_is_finite: bool, schedule: bool = True) -> bool:
         """Clip, step, schedule; a non-finite loss on ANY rank skips the step on every rank (counted).
@@ -183,30 +202,80 @@ class Trainer:
         return final
 
     def resume(self, directory: str | Path | None = None) -> None:
-        path = Path(directory) if directory else checkpoint.latest(self.output_dir)
+        """Continue exactly from checkpoint `directory`, or from output_dir's newest complete checkpoint.
+
+        Everything is read and checked before anything is applied: a checkpoint that is incomplete, edited, from
+        another model or run, or holds non-finite weights is one CheckpointError line, never a half-restored run.
+        """
+        skipped: list[Path] = []
+        if directory is not None:
+            path: Path | None = Path(directory)
+        else:
+            path, skipped = checkpoint.newest(self.output_dir)
+        for incomplete in skipped:
+            self._notice(f"{incomplete} has no {checkpoint.MANIFEST} (not completely written, or the manifest was "
+                         "deleted): skipped")
         if path is None:
+            if skipped:
+                self._notice("no complete checkpoint left: starting from step 0")
+            self.logger.truncate_after(0)  # records of a run killed before its first checkpoint
             return  # resume=true on a fresh output directory starts from scratch
-        checkpoint.verify(path)
-        state = json.loads((path / "trainer_state.json").read_text())
+        rank = self.accelerator.process_index
+        per_rank = [f"{name}_rank{rank}.{ext}" for name in ("rng", "algorithm") for ext in ("safetensors", "json")]
+        checkpoint.verify(path, required=REQUIRED_FILES + tuple(per_rank),
+                          allow_code=self.config.model.trust_remote_code)
+        state = checkpoint.read_trainer_state(path, self.config.algorithm)
         if state["num_processes"] != self.accelerator.num_processes:
             raise UserError(f"checkpoint {path} was written by {state['num_processes']} processes, this run has "
                             f"{self.accelerator.num_processes}: exact resumption needs the same number")
-        trainable = load_file(str(path / "trainable.safetensors"))
-        params = dict(self.policy.named_parameters())
-        missing = [name for name, p in params.items() if p.requires_grad and name not in trainable]
-        if missing:
-            raise checkpoint.CheckpointError(f"checkpoint {path} does not match this model: {missing[0]} is missing")
+        params = {name: p for name, p in self.policy.named_parameters() if p.requires_grad}
+        trainable = checkpoint.read_tensors(path, "trainable.safetensors")
+        checkpoint.check_tensors(trainable, {name: p.shape for name, p in params.items()}, path,
+                                 "trainable.safetensors")
+        try:
+            saved = {name: load_state(path, name) for name in ("optimizer", "scheduler", f"rng_rank{rank}",
+                                                              f"algorithm_rank{rank}")}
+        except StateFileError as error:
+            raise checkpoint.CheckpointError(f"checkpoint {path} is corrupt: {error}") from None
+        checkpoint.check_optimizer_state(saved["optimizer"], self.optimizer, path)
         with torch.no_grad():
             for name, value in trainable.items():
                 params[name].copy_(value)
-        self.optimizer.load_state_dict(load_state(path, "optimizer"))
-        self.scheduler.load_state_dict(load_state(path, "scheduler"))
-        rank = self.accelerator.process_index
-        checkpoint.set_rng_state(load_state(path, f"rng_rank{rank}"))
-        self.algorithm.load_state_dict(load_state(path, f"algorithm_rank{rank}"))
-        self.step, self.env_steps = int(state["step"]), int(state["env_steps"])
-        self.nonfinite_streak = int(state["nonfinite_streak"])
+        try:  # in the order the state was saved: the algorithm's state is restored under the restored RNG
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.scheduler.load_state_dict(saved["scheduler"])
+            checkpoint.set_rng_state(saved[f"rng_rank{rank}"])
+            self.algorithm.load_state_dict(saved[f"algorithm_rank{rank}"])
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as error:
+            raise checkpoint.CheckpointError(f"checkpoint {path} does not fit this run: "
+                                             f"{type(error).__name__}: {_first_line(error)}") from None
+        self.step, self.env_steps = state["step"], state["env_steps"]
+        self.nonfinite_streak = state["nonfinite_streak"]
         self.logger.truncate_after(self.step)
+        self._notice(f"resuming from {path} (step {self.step})")
+
+    def _notice(self, message: str) -> None:
+        """One line on stderr (main process): what resume did, where it had to choose."""
+        if self.accelerator.is_main_process:
+            print(f"gflowvlm: resume: {message}", file=sys.stderr)
+
+
+# What resume reads (the per-rank rng / algorithm files are added for each rank): a manifest without one of these
+# is as incomplete as a missing manifest.
+REQUIRED_FILES = ("trainer_state.json", "trainable.safetensors", "optimizer.safetensors", "optimizer.json",
+                  "scheduler.safetensors", "scheduler.json", "policy/gflowvlm_policy.json")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """A reader (a later resume comparing configs) never sees half a file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:200]
 
 
 def _make_algorithm(trainer: Trainer):

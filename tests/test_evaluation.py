@@ -240,7 +240,7 @@ def test_eval_command_writes_the_json_and_transcript(tmp_path, monkeypatch, caps
     policy = ScriptedPolicy()
     loaded = {}
 
-    def fake_load_policy(resolved, model_config):
+    def fake_load_policy(resolved, model_config, trust_remote_code=False):
         loaded.update(adapter_dir=resolved.adapter_dir, model_config=model_config)
         return policy
     monkeypatch.setattr(evaluation, "load_policy", fake_load_policy)

@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-steps", type=int, metavar="N",
                         help="episode horizon (default: the run's on its own split, else the env's for the split)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow the model's own Python code (transformers' trust_remote_code) for this call; a "
+                             "checkpoint or config file can never turn this on")
     return parser
 
 
@@ -60,13 +63,17 @@ def main(argv: list[str]) -> int:
         raise UserError(f"--episodes must be positive, got {args.episodes}")
     if args.samples_per_task <= 0:
         raise UserError(f"--samples-per-task must be positive, got {args.samples_per_task}")
+    if args.out is not None:  # a file in the way would otherwise be found after every episode ran
+        from gflowvlm.config_schema import check_output_file
+
+        check_output_file(args.out, "--out")
     from gflowvlm.evaluation import evaluate_checkpoint  # deferred: torch is slow to import
 
     result = evaluate_checkpoint(
         args.checkpoint, args.env, args.split, args.episodes, args.samples_per_task, model=args.model,
         greedy=args.greedy, temperature=args.temperature, seed=args.seed, num_envs=args.num_envs, out=args.out,
         transcripts=args.transcripts, unparseable=args.unparseable, image_size=args.image_size,
-        max_steps=args.max_steps, progress=not args.quiet)
+        max_steps=args.max_steps, progress=not args.quiet, trust_remote_code=args.trust_remote_code)
     print(summary_line(result))
     print(f"wrote {result['output']}")
     return 0

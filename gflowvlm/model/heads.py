@@ -14,8 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from gflowvlm.model.loading import ModelLoadError
 
 HEAD_NAMES = ("log_z", "flow", "value")
 HEADS_FILE = "heads.safetensors"
@@ -58,26 +61,40 @@ def save_heads(heads: nn.ModuleDict, directory: str | Path) -> None:
 def load_heads(heads: nn.ModuleDict, directory: str | Path, strict: bool = True) -> list[str]:
     """Load the saved weights of `heads` from `directory`; returns the names of the heads that were loaded.
 
-    strict: every head must be in the file with the same shapes. Not strict (a run starting from an SFT
-    checkpoint that has other heads): heads missing from the file keep their fresh initialisation.
+    strict: every head must be in the file with the same shapes, and the file holds nothing else. Not strict (a
+    run starting from an SFT checkpoint that has other heads): heads missing from the file keep their fresh
+    initialisation, and heads this policy does not have are ignored. Every loaded value must be finite.
+    Problems are ModelLoadError (one line; also a ValueError).
     """
     path = Path(directory) / HEADS_FILE
-    saved = load_file(str(path)) if path.exists() else {}
+    try:
+        saved = load_file(str(path)) if path.exists() else {}
+    except (SafetensorError, OSError) as error:
+        raise ModelLoadError(f"{path} is unreadable ({str(error).strip()[:200]}): truncated or not a safetensors "
+                             "file") from None
     if strict and not path.exists() and len(heads):
-        raise ValueError(f"{path} is missing: the saved policy has no heads")
+        raise ModelLoadError(f"{path} is missing: the saved policy has no heads")
+    if strict:
+        unknown = sorted(key for key in saved if key.split(".", 1)[0] not in heads)
+        if unknown:
+            raise ModelLoadError(f"{path} holds {unknown[0]}, which is not a weight of the heads "
+                                 f"{list(heads.keys())}")
     loaded = []
     for name, head in heads.items():
         prefix = f"{name}."
         state = {key[len(prefix):]: value for key, value in saved.items() if key.startswith(prefix)}
         if not state:
             if strict:
-                raise ValueError(f"head {name!r} is not in {path} (saved heads: {_saved_names(saved)})")
+                raise ModelLoadError(f"head {name!r} is not in {path} (saved heads: {_saved_names(saved)})")
             continue
         expected = {key: tuple(value.shape) for key, value in head.state_dict().items()}
         found = {key: tuple(value.shape) for key, value in state.items()}
         if expected != found:
-            raise ValueError(f"head {name!r} in {path} does not match model.head_hidden / the model's hidden size "
-                             f"(saved shapes {found}, expected {expected})")
+            raise ModelLoadError(f"head {name!r} in {path} does not match model.head_hidden / the model's hidden "
+                                 f"size (saved shapes {found}, expected {expected})")
+        bad = sorted(key for key, value in state.items() if not bool(torch.isfinite(value).all()))
+        if bad:
+            raise ModelLoadError(f"head {name!r} in {path} has non-finite values ({bad[0]})")
         head.load_state_dict(state)
         loaded.append(name)
     return loaded

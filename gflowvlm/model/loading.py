@@ -3,6 +3,10 @@
 `AutoModelForImageTextToText` + `AutoProcessor`, with the config's dtype, attention implementation, 4-bit
 quantization (QLoRA: nf4, vision tower / projector / lm_head kept in full precision), gradient checkpointing and
 device placement. The tiny built-in model and LLaVA-1.6-Mistral-7B go through exactly these lines.
+
+`trust_remote_code` is passed through only as the caller's own value for this call (never read from a file): with
+it off, an `auto_map` in a directory's config names code that is not run. A local directory that gflowvlm wrote (a
+run's final/ used as the base of the next stage) is verified by its manifest first.
 """
 from __future__ import annotations
 
@@ -10,8 +14,10 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
 
+from gflowvlm import checkpoint
 from gflowvlm.cli import UserError
 from gflowvlm.config import ModelConfig
 from gflowvlm.model.families import QUANTIZATION_SKIP_MODULES
@@ -33,7 +39,8 @@ def default_device() -> torch.device:
 
 def load_processor(name_or_path: str, trust_remote_code: bool = False):
     try:
-        return AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        # bool(): None would let transformers ask on a terminal, or decide by itself.
+        return AutoProcessor.from_pretrained(name_or_path, trust_remote_code=bool(trust_remote_code))
     except ImportError as error:
         raise ModelLoadError(f"cannot load the processor of {name_or_path!r}: {_first_line(error)}") from error
     except (OSError, ValueError, KeyError) as error:
@@ -41,8 +48,11 @@ def load_processor(name_or_path: str, trust_remote_code: bool = False):
 
 
 def load_model_and_processor(config: ModelConfig, device: torch.device | str | None = None,
-                             processor_path: str | None = None):
-    """(model, processor) for `config`; the processor comes from `processor_path` when given (a saved policy)."""
+                             processor_path: str | None = None, verified: bool = False):
+    """(model, processor) for `config`; the processor comes from `processor_path` when given (a saved policy).
+
+    `verified`: the caller has just verified the directories by their manifests (not hashed twice).
+    """
     if not config.name_or_path:
         raise ModelLoadError("model.name_or_path is empty: give a hub id or a directory (gflowvlm make-tiny-model)")
     if config.dtype not in DTYPES:
@@ -50,9 +60,11 @@ def load_model_and_processor(config: ModelConfig, device: torch.device | str | N
     local = Path(config.name_or_path)
     if (config.name_or_path.startswith((".", "/", "~")) or local.exists()) and not local.is_dir():
         raise ModelLoadError(f"model.name_or_path {config.name_or_path!r} is not a directory")
+    if not verified and local.is_dir() and (local / checkpoint.MANIFEST).is_file():
+        checkpoint.verify(local, allow_code=bool(config.trust_remote_code))
     device = torch.device(device) if device is not None else default_device()
     processor = load_processor(processor_path or config.name_or_path, config.trust_remote_code)
-    kwargs = dict(dtype=DTYPES[config.dtype], trust_remote_code=config.trust_remote_code,
+    kwargs = dict(dtype=DTYPES[config.dtype], trust_remote_code=bool(config.trust_remote_code),
                   device_map={"": str(device)})
     if config.attn_implementation:
         kwargs["attn_implementation"] = config.attn_implementation
@@ -62,7 +74,7 @@ def load_model_and_processor(config: ModelConfig, device: torch.device | str | N
         model = AutoModelForImageTextToText.from_pretrained(config.name_or_path, **kwargs)
     except ImportError as error:
         raise ModelLoadError(f"cannot load model {config.name_or_path!r}: {_first_line(error)}") from error
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, SafetensorError) as error:
         raise ModelLoadError(f"cannot load model {config.name_or_path!r}: {_first_line(error)}") from error
     add_done_token(model, processor.tokenizer)
     if config.adapter == "qlora":

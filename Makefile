@@ -7,7 +7,7 @@ EXTRAS ?= dev,alfworld,quant,tracking
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell echo "$(TORCH_SPEC) $(EXTRAS)" | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test test-slow bench lint clean
+.PHONY: setup demo test test-slow bench lint clean reproduce-quick
 
 setup: $(STAMP)
 
@@ -21,6 +21,12 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/gflowvlm demo --out demo_out
 
+# The quick grid of the reproduction (NumberLine + Blackjack; sft, ppo, subtb-off; one seed). Resumable: rerun it.
+QUICK_OUT ?= reproduce_out/quick
+reproduce-quick: setup
+	$(VENV)/bin/gflowvlm reproduce --recipe configs/reproduce/numberline.yaml --out $(QUICK_OUT)/numberline --quick
+	$(VENV)/bin/gflowvlm reproduce --recipe configs/reproduce/blackjack.yaml --out $(QUICK_OUT)/blackjack --quick
+
 test: setup
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
@@ -33,6 +39,7 @@ bench: setup
 	$(PY) scripts/bench_policy.py
 	$(PY) scripts/bench_training.py
 	$(PY) scripts/bench_alfworld.py
+	$(PY) scripts/bench_contention.py
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+	rm -rf $(VENV) demo_out reproduce_out .pytest_cache

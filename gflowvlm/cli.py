@@ -19,6 +19,7 @@ COMMANDS = {
     "make-tiny-model": ("gflowvlm.model.tiny_vlm:make_tiny_model_main", "build the built-in tiny VLM"),
     "make-sft-data": ("gflowvlm.commands.make_sft_data:main", "write oracle SFT data (JSONL + images)"),
     "alfworld": ("gflowvlm.commands.alfworld:main", "ALFWorld tools: `alfworld generate` games"),
+    "reproduce": ("gflowvlm.commands.reproduce:main", "every (method, seed) cell of a recipe: results, report, plots"),
     "demo": ("gflowvlm.commands.demo:main", "the end-to-end CPU demo: tiny VLM, SFT, SubTB, eval, compare"),
 }
 
@@ -50,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gflowvlm {__version__}")
         return 0
     namespace = parser.parse_args(argv[:1])
+    # Before any subcommand imports torch: its OpenMP pool reads the thread count and wait policy once.
+    from gflowvlm.threads import configure_threads
+
+    configure_threads()
     _quiet_libraries()
     target, _ = COMMANDS[namespace.command]
     module_name, function_name = target.split(":")

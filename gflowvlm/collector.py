@@ -4,8 +4,8 @@ Per step, for every environment still running: build the prompt (task, past stat
 actions, the current image), generate one response per prompt in ONE batch, parse the action (never raises), apply
 the configured fallback / exploration, step the environment and record everything the objectives need.
 
-Randomness is derived from (seed, rank, iteration), not carried in state, so a resumed run collects exactly the same
-tasks and makes the same exploration choices as an uninterrupted one.
+Randomness is derived from (seed, rank, iteration) through gflowvlm.seeding's named streams, not carried in state,
+so a resumed run collects exactly the same tasks and makes the same exploration choices as an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -13,22 +13,16 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-
 from gflowvlm.config import RunConfig
 from gflowvlm.env_factory import make_env
 from gflowvlm.prompting import HistoryStep, Prompt, PromptBuilder
 from gflowvlm.response_parser import action_span, parse_action
+from gflowvlm.seeding import Stream, derived_seed, stream_seed  # noqa: F401  (derived_seed: re-exported)
 from gflowvlm.trajectory import Step, Trajectory
 
 # generate(prompts, seed) -> list of response texts
 GenerateFn = Callable[[Sequence[Prompt], int], list[str]]
 INVALID_ACTION = "(invalid)"
-
-
-def derived_seed(*parts: int) -> int:
-    """A 31-bit seed from integers (stable across runs and Python versions, unlike hash())."""
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 class Collector:
@@ -53,7 +47,8 @@ class Collector:
         """The reset seed of each episode of a round: K consecutive episodes share a task."""
         k = self.config.collect.trajectories_per_task
         episodes = self.config.collect.episodes or self.num_envs
-        return [derived_seed(self.config.seed, self.rank, iteration, index // k) for index in range(episodes)]
+        return [stream_seed(Stream.TASK_RESET, self.config.seed, self.rank, iteration, index // k)
+                for index in range(episodes)]
 
     def collect(self, generate: GenerateFn, iteration: int, seeds: Sequence[int] | None = None,
                 epsilon: float | None = None, unparseable: str | None = None) -> list[Trajectory]:
@@ -69,7 +64,7 @@ class Collector:
         seeds = list(seeds) if seeds is not None else self.task_seeds(iteration)
         if not seeds:
             raise ValueError("collect needs at least one seed")
-        rng = random.Random(derived_seed(self.config.seed, self.rank, iteration, 1))
+        rng = random.Random(stream_seed(Stream.EXPLORATION, self.config.seed, self.rank, iteration))
         k = self.config.collect.trajectories_per_task
         trajectories: list[Trajectory | None] = [None] * len(seeds)
         observations: dict[int, dict] = {}
@@ -96,7 +91,8 @@ class Collector:
             slots = sorted(running)
             episodes = [running[slot] for slot in slots]
             prompts = [self._prompt(observations[e], infos[e], histories[e]) for e in episodes]
-            responses = generate(prompts, derived_seed(self.config.seed, self.rank, iteration, 2, step_index))
+            responses = generate(prompts, stream_seed(Stream.GENERATION, self.config.seed, self.rank, iteration,
+                                                      step_index))
             for slot, e, prompt, response in zip(slots, episodes, prompts, responses):
                 admissible = infos[e]["admissible_actions"]
                 command = parse_action(response, admissible)

@@ -10,9 +10,10 @@ import random
 import time
 
 from gflowvlm.algorithms.common import backward, make_generate, rollout_metrics, sync_context
-from gflowvlm.collector import Collector, derived_seed
+from gflowvlm.collector import Collector
 from gflowvlm.gflownet_loss import chunk_by_group, gflownet_loss
 from gflowvlm.replay_buffer import ReplayBuffer
+from gflowvlm.seeding import Stream, stream_seed
 
 
 class GFlowNet:
@@ -75,7 +76,8 @@ class GFlowNet:
                     extra.append(self.collector.expert_trajectory(seed, group))
         for trajectory in on_policy + extra:
             self.replay.add(trajectory)
-        rng = random.Random(derived_seed(config.seed, self.trainer.accelerator.process_index, round_index, 3))
+        rank = self.trainer.accelerator.process_index
+        rng = random.Random(stream_seed(Stream.REPLAY, config.seed, rank, round_index))
         return extra + self.replay.sample(config.collect.replay_samples, rng)
 
     def state_dict(self) -> dict:

@@ -13,7 +13,8 @@ import time
 import torch
 
 from gflowvlm.algorithms.common import backward, make_generate, rollout_metrics, sync_context
-from gflowvlm.collector import Collector, derived_seed
+from gflowvlm.collector import Collector
+from gflowvlm.seeding import Stream, stream_seed
 
 
 def generalized_advantages(rewards: torch.Tensor, values: torch.Tensor, bootstrap: float, gamma: float,
@@ -97,8 +98,8 @@ class PPO:
         local = torch.tensor([len(steps)], device=accelerator.device)
         largest = int(accelerator.gather(local).max().item())
         minibatches = max(1, math.ceil(largest / ppo.minibatch_size))
-        generator = torch.Generator().manual_seed(derived_seed(trainer.config.seed, accelerator.process_index,
-                                                               iteration, 4))
+        generator = torch.Generator().manual_seed(stream_seed(Stream.PPO_MINIBATCH, trainer.config.seed,
+                                                              accelerator.process_index, iteration))
         totals = {"loss": 0.0, "policy_loss": 0.0, "value_loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0}
         count = 0
         for epoch in range(ppo.epochs):

@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from gflowvlm.algorithms.common import backward, sync_context
-from gflowvlm.collector import derived_seed
+from gflowvlm.seeding import Stream, stream_seed
 from gflowvlm.sft_data import load_prompt, read_sft_data
 
 
@@ -28,7 +28,7 @@ class SFT:
         indices = []
         for position in range(start, start + size):
             epoch, offset = divmod(position, count)
-            order = np.random.default_rng(derived_seed(config.seed, epoch)).permutation(count)
+            order = np.random.default_rng(stream_seed(Stream.SFT_ORDER, config.seed, epoch)).permutation(count)
             indices.append(int(order[offset]))
         return indices[accelerator.process_index::accelerator.num_processes]
 

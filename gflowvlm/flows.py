@@ -4,7 +4,8 @@ Three parameterisations, chosen by the trainer's config (see gflowvlm.objectives
 
 - `log_flow_from_head`: a learned flow head on each visited state's hidden state;
 - `log_flow_from_done`: GFlowVLM's [DONE] parameterisation, every state terminable,
-  log F(z_t) = log R(z_t) - log P([DONE] | z_t);
+  log F(z_t) = log R(z_t) - log P([DONE] | z_t), the last state included (the paper's form; `pin_end=True` sets
+  the last state's flow to R(x) instead);
 - `log_flow_forward_looking`: Pan et al.'s forward-looking flows, log F(s_t) = log F~(s_t) + log R(s_t),
   which train on truncated (incomplete) trajectories.
 
@@ -80,20 +81,32 @@ def log_flow_from_head(head_log_flow: Tensor, log_reward: Tensor, mask: Tensor) 
     return _assemble(head_log_flow, log_reward, lengths, states)
 
 
-def log_flow_from_done(state_log_reward: Tensor, done_logp: Tensor, mask: Tensor) -> Tensor:
-    """GFlowVLM's [DONE] flows: log F(z_t) = log R(z_t) - log P([DONE] | z_t) for t < n_b, log R(x) at n_b.
+def log_flow_from_done(state_log_reward: Tensor, done_logp: Tensor, mask: Tensor, pin_end: bool = False) -> Tensor:
+    """GFlowVLM's [DONE] flows: log F(z_t) = log R(z_t) - log P([DONE] | z_t), every state terminable.
 
     `state_log_reward` [B, T+1]: log R of each visited state z_0..z_{n_b} as if the episode ended there (the
-    env's info["log_reward"]; at z_{n_b} it is log R(x)); `done_logp` [B, T]: the policy's log-probability of
-    [DONE] at z_0..z_{T-1}. The episode really ended at z_{n_b}, so that state's flow is R(x) itself.
+    env's info["log_reward"]; at z_{n_b} it is log R(x)); `done_logp`: the policy's log-probability of [DONE] at
+    each state.
+
+    - pin_end=False (the paper's form, default): `done_logp` [B, T+1] covers z_0..z_{n_b}, the last state
+      included, and log F(z_{n_b}) = log R(x) - log P([DONE] | z_{n_b}). The SubTB term of (i, n) is then exactly
+      the paper's log R(z_i T) + sum log P_F + log P_F(T | z_n) - log R(z_n T) - log P_F(T | z_i), as in
+      gfn-lm-tuning's token-level loss: the model is also taught to END at the states where episodes end.
+    - pin_end=True: log F(z_{n_b}) = log R(x) (the flow of a terminal state is its reward, as in SubTB with an
+      explicit terminal); `done_logp` [B, T] or [B, T+1] (the value at z_{n_b} is not read).
     """
     lengths, states = _state_positions(mask)
     batch, steps = mask.shape
     _check("state_log_reward", state_log_reward, [(batch, steps + 1)])
-    _check("done_logp", done_logp, [(batch, steps)])
-    terminal_log_reward = state_log_reward.gather(1, lengths[:, None]).squeeze(1)
-    before_end = state_log_reward - _pad_one_state(done_logp)
-    return _assemble(before_end, terminal_log_reward, lengths, states)
+    _check("done_logp", done_logp, [(batch, steps), (batch, steps + 1)] if pin_end else [(batch, steps + 1)])
+    if done_logp.shape[1] == steps:
+        done_logp = _pad_one_state(done_logp)
+    every_state = state_log_reward - done_logp
+    if pin_end:
+        at_end = state_log_reward.gather(1, lengths[:, None]).squeeze(1)
+    else:
+        at_end = every_state.gather(1, lengths[:, None]).squeeze(1)
+    return _assemble(every_state, at_end, lengths, states)
 
 
 def log_flow_forward_looking(head_log_flow_tilde: Tensor, state_log_reward: Tensor, mask: Tensor,

@@ -30,9 +30,12 @@ def required_heads(config: RunConfig) -> tuple[str, ...]:
 
 
 def needs_final_state(config: RunConfig, trajectory: Trajectory) -> bool:
-    """Forward-looking flows evaluate the head at the last state of a trajectory that was cut short."""
-    return (config.algorithm in ("subtb", "db") and config.objective.flow == "forward_looking"
-            and not trajectory.terminated)
+    """Whether the last state z_n is scored too: the paper's [DONE] flows read log P([DONE] | z_n) there (every
+    trajectory); forward-looking flows evaluate the head there when the trajectory was cut short."""
+    if config.algorithm not in ("subtb", "db"):
+        return False
+    flow = config.objective.flow
+    return flow == "done" or (flow == "forward_looking" and not trajectory.terminated)
 
 
 def chunk_by_group(trajectories: Sequence[Trajectory], max_steps: int) -> list[list[Trajectory]]:
@@ -118,19 +121,29 @@ def gflownet_loss(model, policy, trajectories: Sequence[Trajectory], config: Run
 
 
 def _log_flow(out, policy, index, mask, state_log_reward, log_reward, trajectories, final_rows, flow):
-    if flow == "done":
+    if flow in ("done", "done_pinned"):
         done_logp = torch.where(mask, out.done_logp[index], torch.zeros_like(out.done_logp[index]))
-        return flows.log_flow_from_done(state_log_reward, done_logp.to(state_log_reward.dtype), mask)
+        done_logp = torch.nn.functional.pad(done_logp.to(state_log_reward.dtype), (0, 1))
+        if flow == "done":  # the paper's form: log P([DONE] | z_n) of the final state's own scored row
+            done_logp = _put_final(done_logp, out.done_logp.to(done_logp.dtype), trajectories, final_rows, mask)
+        return flows.log_flow_from_done(state_log_reward, done_logp, mask, pin_end=flow == "done_pinned")
     head = policy.head("flow", out.hidden).to(state_log_reward.dtype)  # one value per scored row
     per_step = torch.where(mask, head[index], torch.zeros_like(head[index]))
     if flow == "head":
         return flows.log_flow_from_head(per_step, log_reward, mask)
     # forward-looking: log F~ at s_0..s_{n-1} from the steps, at s_n from the extra final-state row if any
-    tilde = torch.nn.functional.pad(per_step, (0, 1))
-    if final_rows:
-        rows_b = torch.tensor(list(final_rows), device=mask.device)
-        rows_t = torch.tensor([trajectories[b].length for b in final_rows], device=mask.device)
-        values = head[torch.tensor(list(final_rows.values()), device=mask.device)]
-        tilde = tilde.index_put((rows_b, rows_t), values)  # out of place: the gradient reaches the head
+    tilde = _put_final(torch.nn.functional.pad(per_step, (0, 1)), head, trajectories, final_rows, mask)
     terminal = torch.tensor([t.terminated for t in trajectories], dtype=torch.bool, device=mask.device)
     return flows.log_flow_forward_looking(tilde, state_log_reward, mask, terminal)
+
+
+def _put_final(per_state: torch.Tensor, row_values: torch.Tensor, trajectories, final_rows: dict[int, int],
+               mask: torch.Tensor) -> torch.Tensor:
+    """per_state [B, T+1] with position (b, n_b) set to row_values[final_rows[b]] for the trajectories whose final
+    state was scored; out of place, so the gradient reaches the scored rows."""
+    if not final_rows:
+        return per_state
+    rows_b = torch.tensor(list(final_rows), device=mask.device)
+    rows_t = torch.tensor([trajectories[b].length for b in final_rows], device=mask.device)
+    values = row_values[torch.tensor(list(final_rows.values()), device=mask.device)]
+    return per_state.index_put((rows_b, rows_t), values)

@@ -201,7 +201,10 @@ def test_flow_builders_gradients_match_finite_differences():
     log_reward = torch.randn(2, dtype=torch.float64, generator=generator, requires_grad=True)
     terminal = torch.tensor([False, True])
     assert torch.autograd.gradcheck(lambda h, r: log_flow_from_head(h, r, mask), (head, log_reward))
-    assert torch.autograd.gradcheck(lambda r, d: log_flow_from_done(r, d, mask), (state_log_reward, done_logp))
+    assert torch.autograd.gradcheck(lambda r, d: log_flow_from_done(r, d, mask, pin_end=True),
+                                    (state_log_reward, done_logp))
+    done_every_state = -torch.rand(2, 4, dtype=torch.float64, generator=generator).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda r, d: log_flow_from_done(r, d, mask), (state_log_reward, done_every_state))
     assert torch.autograd.gradcheck(lambda h, r: log_flow_forward_looking(h, r, mask, terminal),
                                     (head, state_log_reward))
 
@@ -319,7 +322,7 @@ def test_log_flow_from_done_subtracts_the_done_log_probability():
     state_log_reward = torch.tensor([[0.5, 1.0, 3.0, NAN], [0.0, 0.2, 0.4, 2.0]])
     done_logp = torch.tensor([[-0.1, -0.7, NAN], [-2.0, -1.0, -0.5]])
     expected = torch.tensor([[0.6, 1.7, 3.0, 0.0], [2.0, 1.2, 0.9, 2.0]])
-    assert torch.allclose(log_flow_from_done(state_log_reward, done_logp, MASK), expected)
+    assert torch.allclose(log_flow_from_done(state_log_reward, done_logp, MASK, pin_end=True), expected)
 
 
 def test_log_flow_from_done_matches_the_gflowvlm_subtb_term():
@@ -328,11 +331,61 @@ def test_log_flow_from_done_matches_the_gflowvlm_subtb_term():
     done_logp = torch.tensor([[-2.0, -1.0, -0.5]], dtype=torch.float64)
     log_pf = torch.tensor([[-0.3, -0.6, -0.9]], dtype=torch.float64)
     mask = torch.ones(1, 3, dtype=torch.bool)
-    log_flow = log_flow_from_done(state_log_reward, done_logp, mask)
+    log_flow = log_flow_from_done(state_log_reward, done_logp, mask, pin_end=True)
     r, d, p = state_log_reward[0].tolist(), done_logp[0].tolist(), log_pf[0].tolist()
     paper = (r[0] + p[0] + p[1] + d[2] - r[2] - d[0]) ** 2
     residual = log_flow[0, 0] + log_pf[0, :2].sum() - log_flow[0, 2]
     assert float(residual ** 2) == pytest.approx(paper, rel=1e-12)
+
+
+def brute_paper_subtb(log_pf, state_log_reward, done_logp, lengths, lam: float, pin_end: bool) -> float:
+    """The paper's SubTB, transcribed term by term: for i < j <= n,
+    [log R(z_i T) + sum_{k=i..j-1} log P_F + log P_F(T | z_j) - log R(z_j T) - log P_F(T | z_i)]^2,
+    weighted lam^(j - i) and normalised per trajectory. pin_end: the j = n terms use log F(z_n) = log R(x)."""
+    total = 0.0
+    for b, n in enumerate(lengths):
+        pf, r, d = log_pf[b].tolist(), state_log_reward[b].tolist(), done_logp[b].tolist()
+        numerator = denominator = 0.0
+        for i in range(n + 1):
+            for j in range(i + 1, n + 1):
+                start = r[i] - d[i]
+                end = r[j] if (pin_end and j == n) else r[j] - d[j]
+                term = (start + sum(pf[i:j]) - end) ** 2
+                numerator += lam ** (j - i) * term
+                denominator += lam ** (j - i)
+        total += numerator / denominator
+    return total / len(lengths)
+
+
+@pytest.mark.parametrize("pin_end", [False, True])
+@pytest.mark.parametrize("lam", [0.5, 1.0, 2.0])
+def test_done_flows_in_subtb_match_the_papers_formula(pin_end, lam):
+    generator = torch.Generator().manual_seed(21)
+    lengths = [1, 4, 2]
+    mask = torch.tensor([[t < n for t in range(4)] for n in lengths])
+    log_pf = -torch.rand(3, 4, dtype=torch.float64, generator=generator) * 2
+    state_log_reward = torch.randn(3, 5, dtype=torch.float64, generator=generator)
+    done_logp = -torch.rand(3, 5, dtype=torch.float64, generator=generator) * 3
+    log_flow = log_flow_from_done(state_log_reward, done_logp, mask, pin_end=pin_end)
+    expected = brute_paper_subtb(log_pf, state_log_reward, done_logp, lengths, lam, pin_end)
+    assert float(subtrajectory_balance(log_pf, log_flow, mask, lam)) == pytest.approx(expected, rel=1e-10)
+    # DB is SubTB's length-1 terms: the same transcription with only j = i + 1.
+    db_expected = sum(
+        sum(((state_log_reward[b, t] - done_logp[b, t]) + log_pf[b, t]
+             - (state_log_reward[b, t + 1] - (0.0 if pin_end and t + 1 == n else done_logp[b, t + 1]))) ** 2
+            for t in range(n)).item() / n
+        for b, n in enumerate(lengths)) / len(lengths)
+    assert float(detailed_balance(log_pf, log_flow, mask)) == pytest.approx(db_expected, rel=1e-10)
+
+
+def test_the_two_done_forms_differ_only_at_the_last_state():
+    state_log_reward = torch.tensor([[0.0, 0.2, 0.4, 2.0]], dtype=torch.float64)
+    done_logp = torch.tensor([[-2.0, -1.0, -0.5, -0.25]], dtype=torch.float64)
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    paper = log_flow_from_done(state_log_reward, done_logp, mask)
+    pinned = log_flow_from_done(state_log_reward, done_logp, mask, pin_end=True)
+    assert torch.equal(paper[0, :3], pinned[0, :3])
+    assert float(paper[0, 3]) == pytest.approx(2.25) and float(pinned[0, 3]) == pytest.approx(2.0)
 
 
 def test_forward_looking_flows_for_terminal_and_truncated_trajectories():
@@ -350,7 +403,7 @@ def test_flow_builders_keep_nan_padding_out_of_the_gradient():
     state_log_reward = torch.tensor([[1.0, 2.0, 3.0, NAN], [-1.0, -2.0, -3.0, -4.0]], requires_grad=True)
     done_logp = torch.tensor([[-0.1, -0.7, NAN], [-2.0, -1.0, -0.5]], requires_grad=True)
     outputs = [log_flow_forward_looking(tilde, state_log_reward, MASK, torch.tensor([True, False])),
-               log_flow_from_done(state_log_reward, done_logp, MASK),
+               log_flow_from_done(state_log_reward, done_logp, MASK, pin_end=True),
                log_flow_from_head(tilde, state_log_reward[:, 0], MASK)]
     for log_flow in outputs:
         assert torch.isfinite(log_flow).all()
@@ -386,8 +439,10 @@ def test_flow_builders_reject_bad_shapes():
         log_flow_from_head(torch.zeros(2, 3), torch.zeros(3), MASK)
     with pytest.raises(ValueError, match=r"state_log_reward must have shape \[2, 4\]"):
         log_flow_from_done(torch.zeros(2, 3), torch.zeros(2, 3), MASK)
-    with pytest.raises(ValueError, match=r"done_logp must have shape \[2, 3\]"):
-        log_flow_from_done(torch.zeros(2, 4), torch.zeros(2, 4), MASK)
+    with pytest.raises(ValueError, match=r"done_logp must have shape \[2, 4\]"):
+        log_flow_from_done(torch.zeros(2, 4), torch.zeros(2, 3), MASK)
+    with pytest.raises(ValueError, match=r"done_logp must have shape \[2, 3\] or \[2, 4\]"):
+        log_flow_from_done(torch.zeros(2, 4), torch.zeros(2, 5), MASK, pin_end=True)
     with pytest.raises(ValueError, match=r"terminal must be a bool tensor of shape \[2\]"):
         log_flow_forward_looking(torch.zeros(2, 4), torch.zeros(2, 4), MASK, torch.ones(2))
     with pytest.raises(ValueError, match="left-aligned"):

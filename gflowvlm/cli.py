@@ -24,6 +24,10 @@ COMMANDS = {
 }
 
 
+# Commands whose numbers must repeat run to run: their thread count may not depend on the load (see threads.py).
+REPEATABLE_COMMANDS = ("reproduce", "demo")
+
+
 class UserError(Exception):
     """An error caused by the user's input: printed as one line, exit code 2."""
 
@@ -54,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     # Before any subcommand imports torch: its OpenMP pool reads the thread count and wait policy once.
     from gflowvlm.threads import configure_threads
 
-    configure_threads()
+    configure_threads(measure_load=namespace.command not in REPEATABLE_COMMANDS)
     _quiet_libraries()
     target, _ = COMMANDS[namespace.command]
     module_name, function_name = target.split(":")

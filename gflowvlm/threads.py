@@ -74,13 +74,19 @@ def decide(cpus: int, busy: float, env: Mapping[str, str], quota: int | None = N
     return ThreadSettings(threads, out, note + f"{cpus} CPUs{quota_note}, {others:.1f} busy, {ranks} rank(s) per node")
 
 
-def configure_threads(environ: MutableMapping[str, str] | None = None) -> ThreadSettings:
-    """Decide and apply (into os.environ by default) before torch is imported; a no-op once it is."""
+def configure_threads(environ: MutableMapping[str, str] | None = None, measure_load: bool = True) -> ThreadSettings:
+    """Decide and apply (into os.environ by default) before torch is imported; a no-op once it is.
+
+    measure_load=False takes every core this process may use, whatever else runs now: the thread count changes a
+    run's floating-point sums (measured: the same 30 caption steps with 1 and 2 threads end at different weights,
+    each bitwise repeatable), so commands whose numbers must repeat run to run (`reproduce`, `demo`) cannot let
+    the momentary load pick it. The passive wait policy still keeps a busy neighbour from stalling them.
+    """
     environ = os.environ if environ is None else environ
     if "torch" in sys.modules:
         return ThreadSettings(None, {}, "torch already imported: its thread pool is left as it is")
     cpus = available_cpus()
-    needs_load = not _own_threads(environ) and not any(environ.get(name) for name in USER_THREAD_VARS)
+    needs_load = measure_load and not _own_threads(environ) and not any(environ.get(n) for n in USER_THREAD_VARS)
     busy = busy_cores(cpus) if needs_load else 0.0  # the sample costs SAMPLE_SECONDS: only when it decides
     settings = decide(len(cpus), busy, environ, cgroup_cpu_limit())
     environ.update(settings.env)

@@ -65,3 +65,20 @@ def test_div_at_k_averages_over_solved_tasks_only():
     assert div_at_k([]) is None
     # K = 1: every solved task counts 1.
     assert div_at_k([[(True, ("a",))], [(False, ("b",))], [(True, ("c",))]]) == 1.0
+
+
+def test_mean_interval_is_the_t_interval_over_seeds():
+    from gflowvlm.stats import mean_interval, t_quantile_975
+
+    mean, (low, high) = mean_interval([0.5, 0.6, 0.7])
+    half = 4.302653 * 0.1 / math.sqrt(3)  # t_{0.975, 2} * s / sqrt(n), s = 0.1
+    assert mean == pytest.approx(0.6) and low == pytest.approx(0.6 - half) and high == pytest.approx(0.6 + half)
+    assert mean_interval([0.3]) == (0.3, None)
+    assert mean_interval([0.4, 0.4, 0.4])[1] == pytest.approx((0.4, 0.4))
+    assert t_quantile_975(1) == pytest.approx(12.706205) and t_quantile_975(200) == Z_95
+    with pytest.raises(ValueError):
+        mean_interval([])
+    with pytest.raises(ValueError):
+        mean_interval([0.1, float("nan")])
+    with pytest.raises(ValueError):
+        t_quantile_975(0)

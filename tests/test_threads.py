@@ -110,9 +110,9 @@ def test_the_command_line_configures_before_torch():
             "from gflowvlm import cli\n"
             "seen = {}\n"
             "original = threads.configure_threads\n"
-            "def spy():\n"
+            "def spy(**options):\n"
             "    seen['torch_loaded'] = 'torch' in sys.modules\n"
-            "    return original()\n"
+            "    return original(**options)\n"
             "threads.configure_threads = spy\n"
             "code = cli.main(['compare', '--smoothing', '5', 'no-such-run'])\n"
             "print(json.dumps({'code': code, **seen, 'wait': os.environ.get('OMP_WAIT_POLICY'),\n"
@@ -121,3 +121,17 @@ def test_the_command_line_configures_before_torch():
     assert result["code"] == 2  # the bad option is still reported as a user error
     assert result["torch_loaded"] is False
     assert result["wait"] == "PASSIVE" and int(result["threads"]) >= 1
+
+
+def test_repeatable_commands_take_every_core_whatever_the_load(monkeypatch):
+    """reproduce/demo: the thread count changes a run's numbers, so the momentary load may not choose it."""
+    import gflowvlm.threads as threads
+
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    monkeypatch.setattr(threads, "available_cpus", lambda: [0, 1])
+    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda: None)
+    monkeypatch.setattr(threads, "busy_cores", lambda cpus, seconds=0.2: 1.7)
+    loaded, fixed = {}, {}
+    assert threads.configure_threads(loaded).threads == 1
+    assert threads.configure_threads(fixed, measure_load=False).threads == 2
+    assert fixed["OMP_NUM_THREADS"] == "2" and fixed["OMP_WAIT_POLICY"] == "PASSIVE"

@@ -1,0 +1,95 @@
+"""`gflowvlm reproduce`: the papers' comparison in miniature, every (method, seed) cell of a recipe, resumable.
+
+    gflowvlm reproduce --recipe configs/reproduce/numberline.yaml --out results/numberline
+    gflowvlm reproduce --recipe configs/reproduce/blackjack.yaml --out DIR --seeds 0,1,2 --methods sft,ppo,subtb-off
+    gflowvlm reproduce --recipe configs/reproduce/numberline.yaml --out DIR --quick     # the recipe's quick grid
+
+Per seed: the tiny VLM caption-pre-trained on the env's images, oracle SFT data, the SFT run; then every method from
+that SFT model with the same budget of environment steps; then every evaluation, plus the `random` and `oracle`
+reference rows on the same tasks. Killed at any moment and run again, it redoes only unfinished cells. Writes
+DIR/results.json (one row per method, seed and split), DIR/report.md (mean over seeds with a 95% t interval and
+the per-seed values) and DIR/success_curves.png, DIR/success_by_split.png, after every finished cell.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+from gflowvlm.cli import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UserError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gflowvlm reproduce", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", required=True, metavar="FILE", help="configs/reproduce/<env>.yaml")
+    parser.add_argument("--out", required=True, metavar="DIR", help="where the cells, results and report go")
+    parser.add_argument("--seeds", metavar="S,S,...", help="seeds to run (default: the recipe's)")
+    parser.add_argument("--methods", metavar="M,M,...", help="methods to run (default: all of the recipe's)")
+    parser.add_argument("--quick", action="store_true", help="the recipe's quick grid (its `quick` section)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="recipe overrides, e.g. budget.env_steps=3000 methods.subtb-off.objective.lam=0.9")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite results.json and the report from the finished cells; train nothing")
+    return parser
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--seeds must be comma-separated non-negative integers, got {text!r}") from None
+    if not seeds or any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds must be distinct non-negative integers, got {text!r}")
+    return seeds
+
+
+def parse_methods(text: str, known: list[str]) -> list[str]:
+    methods = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [m for m in methods if m not in known]
+    if not methods or unknown:
+        raise UserError(f"--methods: unknown method {unknown[0] if unknown else text!r}; the recipe has "
+                        f"{', '.join(known)}")
+    return list(dict.fromkeys(methods))
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    from gflowvlm.reproduce.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, quick=args.quick, overrides=args.overrides)
+    seeds = parse_seeds(args.seeds) if args.seeds else recipe.seeds
+    known = list(recipe.methods)
+    methods = parse_methods(args.methods, known) if args.methods else recipe.default_methods
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    from gflowvlm.env_factory import make_env
+
+    make_env(recipe.env.id, image_size=recipe.env.image_size, **recipe.env.kwargs).close()  # fail before training
+    from gflowvlm.evaluation import write_json
+    from gflowvlm.reproduce.report import write_report
+    from gflowvlm.reproduce.results import build_results
+    from gflowvlm.reproduce.runner import grid, load_cell, run_grid
+
+    command = "gflowvlm reproduce " + shlex.join(argv)  # what regenerates these results
+
+    def publish() -> None:
+        cells = [cell for cell in grid(recipe, seeds, methods) if (cell.directory(out) / "cell.json").is_file()]
+        results = build_results(recipe, [load_cell(cell.directory(out)) for cell in cells], command, methods,
+                                seeds)
+        write_json(results, out / "results.json")
+        write_report(results, out)
+
+    if not args.report_only:
+        run_grid(recipe, out, seeds, methods, on_cell_done=publish)
+    publish()
+    print(f"wrote {out / 'results.json'} and {out / 'report.md'}")
+    print((out / "report.md").read_text(encoding="utf-8"))
+    return 0

@@ -1,0 +1,199 @@
+"""report.md and plots of a reproduction, rendered from results.json alone.
+
+Table layout as the papers': rows = the reference rows (random, oracle) then the methods; columns = splits (and
+ALFWorld's task types), Div@K, parse rate. Each entry is the mean over seeds with its 95% t interval over seeds and
+the per-seed values, so a reader sees both how large a gap is and how much the seeds disagree.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gflowvlm.report import _pyplot, env_name, split_name, task_type_name
+from gflowvlm.reproduce.results import aggregate
+
+REFERENCE_LABELS = {"random": "random (uniform admissible actions)", "oracle": "oracle (the env's expert)"}
+
+
+def row_order(results: dict) -> list[str]:
+    present = {cell["method"] for cell in results["cells"]}
+    order = ["random", "oracle", *results.get("methods", [])]
+    return [m for m in dict.fromkeys(order) if m in present]
+
+
+def entry(stat: dict | None, percent: bool = True, digits: int = 1) -> str:
+    """'93.8 [88.1, 99.5] (93.8, 95.3, 92.2)'; one seed: '93.8 (seed 0)'; '-' when absent."""
+    if stat is None:
+        return "-"
+    scale = 100.0 if percent else 1.0
+
+    def fmt(value: float) -> str:
+        return f"{scale * value:.{digits}f}"
+    if stat["ci95"] is None:
+        return f"{fmt(stat['mean'])} (seed {stat['seeds'][0]})"
+    low, high = stat["ci95"]
+    return f"{fmt(stat['mean'])} [{fmt(low)}, {fmt(high)}] ({', '.join(fmt(v) for v in stat['values'])})"
+
+
+def columns(results: dict) -> list[tuple[str, str, str | None, bool]]:
+    """(header, split, task type, percent) of the success columns, in the papers' order."""
+    cells = results["cells"]
+    out = []
+    for split in results["evaluation"]["splits"]:
+        types = sorted({c["task_type"] for c in cells if c["split"] == split and c.get("task_type")})
+        for task_type in types:
+            out.append((f"{split_name(split)} {task_type_name(task_type)}", split, task_type, True))
+        out.append((f"{split_name(split)}" + (" all" if types else ""), split, None, True))
+    return out
+
+
+def markdown(results: dict) -> str:
+    cells = results["cells"]
+    labels = results.get("method_labels", {})
+    methods = row_order(results)
+    success_columns = columns(results)
+    headers = ["Method"] + [header for header, *_ in success_columns]
+    splits = results["evaluation"]["splits"]
+    k = results["evaluation"].get("diversity_k") or 0
+    if k:
+        headers += [f"{split_name(split)} Div@{k}" for split in splits]
+    headers += [f"{split_name(split)} parse rate" for split in splits]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for method in methods:
+        row = [labels.get(method) or REFERENCE_LABELS.get(method, method)]
+        row += [entry(aggregate(cells, method, split, task_type=task_type)) for _, split, task_type, _ in
+                success_columns]
+        if k:
+            row += [entry(aggregate(cells, method, split, "div_at_k"), percent=False, digits=2) for split in splits]
+        row += [entry(aggregate(cells, method, split, "parse_rate")) for split in splits]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    env = env_name(results["env"])
+    seeds = results["seeds"]
+    evaluation = results["evaluation"]
+    horizon = ", ".join(f"{split_name(s)} {v} steps" for s, v in evaluation.get("max_steps", {}).items()) or \
+        "each split's own"
+    notes = [
+        f"# {env}: reproduction ({len(seeds)} seed{'s' if len(seeds) != 1 else ''}: {', '.join(map(str, seeds))})",
+        "",
+        f"Success % ({'greedy' if evaluation['greedy'] else 'sampled'}, {evaluation['episodes']} episodes per split "
+        "and seed, the same tasks for every row of a seed): mean over seeds [95% t interval over seeds] (per-seed "
+        "values). Parse rate: share of steps whose response named an admissible action (the rest fell back to a "
+        f"{evaluation['unparseable']} action). "
+        + (f"Div@{k}: distinct successful trajectories among {k} samples of a solved task "
+           f"({evaluation['diversity_tasks']} tasks per split). " if k else ""),
+        "",
+        f"Every method but SFT trains from the same SFT model of its seed for {results['budget_env_steps']:,} "
+        f"on-policy environment steps. Episode horizon: {horizon}. Expert (SFT data, injection, oracle row): "
+        f"{results.get('expert_strategy') or 'the env default'}.",
+    ]
+    if evaluation.get("protocol"):
+        notes += ["", f"Protocol: {evaluation['protocol']}"]
+    notes += ["", "\n".join(lines), "",
+              f"Commit `{results['commit']}`; command `{results['command']}`; recipe `{results['recipe']}`.",
+              "Every number above is computed from `results.json` in this folder (one row per method, seed and "
+              "split)."]
+    env_steps = _budget_used(cells)
+    if env_steps:
+        notes.append("Environment steps used (mean over seeds): " + ", ".join(
+            f"{labels.get(m, m)} {v:,.0f}" for m, v in env_steps.items()) + ".")
+    return "\n".join(notes) + "\n"
+
+
+def _budget_used(cells: Sequence[dict]) -> dict[str, float]:
+    used: dict[str, list[int]] = {}
+    for cell in cells:
+        if cell.get("task_type") is None and cell["split"] == cells[0]["split"] and cell["env_steps"]:
+            used.setdefault(cell["method"], []).append(cell["env_steps"])
+    return {m: sum(v) / len(v) for m, v in used.items()}
+
+
+# ----- plots ----------------------------------------------------------------------------------------------------
+def plot_curves(results: dict, path: Path, points: int = 50) -> bool:
+    """Training success vs environment steps per method: the mean over seeds and a band from min to max."""
+    import numpy as np
+
+    curves = {m: c for m, c in (results.get("curves") or {}).items()
+              if any(len(curve) >= 2 for curve in c.values())}
+    if not curves:
+        return False
+    plt = _pyplot()
+    labels = results.get("method_labels", {})
+    figure, axis = plt.subplots(figsize=(7.5, 4.6))
+    for method in [m for m in row_order(results) if m in curves]:
+        per_seed = [np.asarray(curve, dtype=float) for curve in curves[method].values() if len(curve) >= 2]
+        if not per_seed:
+            continue
+        end = min(curve[-1, 0] for curve in per_seed)
+        grid = np.linspace(max(curve[0, 0] for curve in per_seed), end, points)
+        values = np.stack([np.interp(grid, curve[:, 0], _ema(curve[:, 1])) for curve in per_seed]) * 100
+        line, = axis.plot(grid, values.mean(0), linewidth=2, label=labels.get(method, method))
+        if len(per_seed) > 1:
+            axis.fill_between(grid, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
+    axis.set_title(f"{env_name(results['env'])}: training success (EMA 0.6; band: min-max over seeds)")
+    axis.set_xlabel("environment steps")
+    axis.set_ylabel("success rate (%)")
+    axis.set_ylim(-2, 102)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True
+
+
+def _ema(values, weight: float = 0.6):
+    from gflowvlm.report import smooth
+
+    return smooth(list(values), weight)
+
+
+def plot_bars(results: dict, path: Path) -> bool:
+    """Evaluation success per split and method: mean over seeds, error bars = 95% t interval (none for one seed)."""
+    cells = results["cells"]
+    splits = results["evaluation"]["splits"]
+    methods = row_order(results)
+    if not cells or not methods:
+        return False
+    plt = _pyplot()
+    labels = results.get("method_labels", {})
+    figure, axis = plt.subplots(figsize=(max(6.0, 1.0 + 0.9 * len(methods) * len(splits)), 4.6))
+    width = 0.8 / len(methods)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for slot, method in enumerate(methods):
+        xs, heights, errors = [], [], [[], []]
+        for position, split in enumerate(splits):
+            stat = aggregate(cells, method, split)
+            if stat is None:
+                continue
+            mean = 100 * stat["mean"]
+            low, high = stat["ci95"] if stat["ci95"] else (stat["mean"], stat["mean"])
+            xs.append(position - 0.4 + width * (slot + 0.5))
+            heights.append(mean)
+            errors[0].append(max(0.0, mean - 100 * low))
+            errors[1].append(max(0.0, 100 * high - mean))
+        if xs:
+            axis.bar(xs, heights, width, yerr=errors, capsize=3, color=colors[slot % len(colors)],
+                     label=labels.get(method) or REFERENCE_LABELS.get(method, method))
+    axis.set_xticks(range(len(splits)), [split_name(split) for split in splits])
+    axis.set_title(f"{env_name(results['env'])}: evaluation success (mean over seeds, 95% t interval)")
+    axis.set_ylabel("success rate (%)")
+    axis.set_ylim(0, 105)
+    axis.grid(axis="y", alpha=0.3)
+    axis.legend(fontsize="x-small", ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True
+
+
+def write_report(results: dict[str, Any], out: Path) -> list[Path]:
+    """report.md, success_curves.png, success_by_split.png into `out`; returns what was written."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "report.md"]
+    (out / "report.md").write_text(markdown(results), encoding="utf-8")
+    if plot_curves(results, out / "success_curves.png"):
+        written.append(out / "success_curves.png")
+    if plot_bars(results, out / "success_by_split.png"):
+        written.append(out / "success_by_split.png")
+    return written

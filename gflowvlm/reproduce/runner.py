@@ -1,0 +1,250 @@
+"""Running a recipe's grid: per seed the tiny model, its SFT data and SFT run, then every method from that SFT model,
+then every evaluation; each finished cell is recorded so a killed grid redoes only what was not finished.
+
+Layout under --out (every run directory is an ordinary `gflowvlm train` output, so `gflowvlm eval`/`compare` work on
+it; a cell is done when its cell.json exists, written last and atomically):
+
+    DIR/seed0/tiny-vlm/            the aligned tiny VLM (alignment.json)
+    DIR/seed0/data/sft.jsonl       oracle SFT data (+ sft.jsonl.done once complete)
+    DIR/seed0/<method>/            the method's run; eval_<split>.json, div_<split>.json; cell.json when done
+    DIR/seed0/random|oracle/       the reference rows on the same tasks
+    DIR/results.json, report.md, *.png
+
+A training stage interrupted mid-run resumes from its last checkpoint (resume=true); the budget of environment
+steps, not a number of iterations, ends every method's training, so methods that collect longer episodes do not
+get more experience.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gflowvlm.cli import UserError
+from gflowvlm.evaluation import write_json
+from gflowvlm.reproduce.recipe import REFERENCE_ROWS, SFT_METHOD, Recipe
+
+CELL_FILE = "cell.json"
+
+
+@dataclass(frozen=True)
+class Cell:
+    seed: int
+    method: str  # a recipe method, or "random" / "oracle"
+
+    def directory(self, out: Path) -> Path:
+        return out / f"seed{self.seed}" / self.method
+
+
+def grid(recipe: Recipe, seeds: Sequence[int], methods: Sequence[str]) -> list[Cell]:
+    """Reference rows first (cheap, and they frame every later number), then the methods, seed by seed."""
+    return [Cell(seed, name) for seed in seeds for name in (*REFERENCE_ROWS, *methods)]
+
+
+def run_grid(recipe: Recipe, out: Path, seeds: Sequence[int], methods: Sequence[str],
+             on_cell_done: Callable[[], None] = lambda: None, log: Callable[[str], None] = print) -> list[dict]:
+    """Run every unfinished cell; returns the cell records (finished ones, in grid order)."""
+    cells = grid(recipe, seeds, methods)
+    todo = [cell for cell in cells if not (cell.directory(out) / CELL_FILE).is_file()]
+    log(f"{recipe.name}: {len(cells)} cells ({len(seeds)} seeds x {len(methods)} methods + random, oracle), "
+        f"{len(cells) - len(todo)} already done")
+    spent: list[float] = []
+    for number, cell in enumerate(todo, 1):
+        started = time.perf_counter()
+        record = run_cell(recipe, out, cell, log)
+        seconds = time.perf_counter() - started
+        spent.append(seconds)
+        left = len(todo) - number
+        # Reference rows take seconds and model cells minutes: the estimate averages model cells only.
+        model_cells = [s for s, c in zip(spent, todo) if c.method not in REFERENCE_ROWS] or spent
+        remaining = sum(1 for c in todo[number:] if c.method not in REFERENCE_ROWS) * (sum(model_cells) /
+                                                                                     len(model_cells))
+        log(f"[{len(cells) - len(todo) + number}/{len(cells)}] {recipe.name} seed {cell.seed} {cell.method}: "
+            f"done in {seconds:.0f} s ({_summary(record)}); {left} cells left, about {remaining / 60:.0f} min")
+        on_cell_done()
+    return [load_cell(cell.directory(out)) for cell in cells if (cell.directory(out) / CELL_FILE).is_file()]
+
+
+def run_cell(recipe: Recipe, out: Path, cell: Cell, log: Callable[[str], None]) -> dict:
+    directory = cell.directory(out)
+    directory.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    if cell.method in REFERENCE_ROWS:
+        evaluations = _reference_evaluations(recipe, cell, directory)
+        env_steps, curve, stage_seconds = 0, [], {}
+    else:
+        stage_seconds = prepare_seed(recipe, out, cell.seed, log)
+        run_dir = _train(recipe, out, cell, log)
+        evaluations = _model_evaluations(recipe, cell, run_dir, directory)
+        env_steps, curve = _training_record(run_dir)
+    record = {"env": recipe.env.id, "method": cell.method, "seed": cell.seed, "env_steps": env_steps,
+              "seconds": time.perf_counter() - started, "evaluations": evaluations, "curve": curve,
+              "seed_stages_seconds": stage_seconds}
+    write_json(record, directory / CELL_FILE)
+    return record
+
+
+# ----- per seed: the model that sees, its SFT data --------------------------------------------------------------
+def prepare_seed(recipe: Recipe, out: Path, seed: int, log: Callable[[str], None]) -> dict[str, float]:
+    """Build what every method of `seed` shares (once): the aligned tiny VLM and the SFT data. Returns seconds."""
+    seconds: dict[str, float] = {}
+    model_dir = out / f"seed{seed}" / "tiny-vlm"
+    if not (model_dir / "alignment.json").is_file():
+        started = time.perf_counter()
+        build_tiny_model(recipe, model_dir, seed)
+        seconds["tiny_model"] = time.perf_counter() - started
+        log(f"seed {seed}: tiny VLM aligned on {', '.join(recipe.tiny_model.align)} in {seconds['tiny_model']:.0f} s")
+    data = sft_data_path(out, seed)
+    marker = data.with_name(data.name + ".done")
+    if not marker.is_file():
+        started = time.perf_counter()
+        from gflowvlm.sft_data import write_sft_data
+
+        config = recipe.shared_config()
+        spec = recipe.sft_data
+        kwargs = dict(recipe.env.kwargs)
+        if recipe.expert_strategy:
+            kwargs["strategy"] = recipe.expert_strategy
+        write_sft_data(recipe.env.id, data, spec.samples, split=spec.split, done_fraction=spec.done_fraction,
+                       image_size=recipe.env.image_size, seed=seed, prompt_config=config.prompt, env_kwargs=kwargs,
+                       progress=False)
+        seconds["sft_data"] = time.perf_counter() - started
+        write_json({"samples": spec.samples, "seconds": seconds["sft_data"]}, marker)
+    return seconds
+
+
+def build_tiny_model(recipe: Recipe, model_dir: Path, seed: int) -> None:
+    """`gflowvlm make-tiny-model --align ...`: the same command a user runs (a half-built directory is rebuilt)."""
+    from gflowvlm.model.tiny_vlm import make_tiny_model_main
+
+    argv = ["--out", str(model_dir), "--force", "--family", recipe.tiny_model.family,
+            "--image-size", str(recipe.env.image_size), "--seed", str(seed),
+            "--align-steps", str(recipe.tiny_model.align_steps)]
+    for env_id in recipe.tiny_model.align:
+        argv += ["--align", env_id]
+    code = make_tiny_model_main(argv)
+    if code != 0 or not (model_dir / "alignment.json").is_file():
+        raise UserError(f"building the tiny VLM in {model_dir} failed (exit {code})")
+
+
+def sft_data_path(out: Path, seed: int) -> Path:
+    return out / f"seed{seed}" / "data" / "sft.jsonl"
+
+
+# ----- training -----------------------------------------------------------------------------------------------
+def run_directory(out: Path, seed: int, method: str) -> Path:
+    return out / f"seed{seed}" / method / "run"
+
+
+def _train(recipe: Recipe, out: Path, cell: Cell, log: Callable[[str], None]) -> Path:
+    """Train the cell's method (SFT from the tiny VLM; every other method from this seed's SFT model)."""
+    seed_dir = out / f"seed{cell.seed}"
+    if cell.method == SFT_METHOD:
+        harness = {"sft": {"data": str(sft_data_path(out, cell.seed))},
+                   "model": {"name_or_path": str(seed_dir / "tiny-vlm")}}
+    else:
+        sft_final = _ensure_sft(recipe, out, cell.seed, log)
+        harness = {"model": {"name_or_path": str(sft_final)}, "max_env_steps": recipe.budget.env_steps}
+    run_dir = run_directory(out, cell.seed, cell.method)
+    config = recipe.run_config(cell.method, harness, output_dir=str(run_dir), seed=cell.seed)
+    if (run_dir / "final").is_dir():
+        return run_dir
+    from gflowvlm.trainer import Trainer  # deferred: torch/transformers
+
+    config.resume = True  # a stage killed mid-run continues from its last checkpoint
+    config.logging.progress = False
+    started = time.perf_counter()
+    Trainer(config).train()
+    log(f"  seed {cell.seed} {cell.method}: trained in {time.perf_counter() - started:.0f} s")
+    return run_dir
+
+
+def _ensure_sft(recipe: Recipe, out: Path, seed: int, log: Callable[[str], None]) -> Path:
+    run_dir = run_directory(out, seed, SFT_METHOD)
+    if not (run_dir / "final").is_dir():
+        _train(recipe, out, Cell(seed, SFT_METHOD), log)
+    return run_dir / "final"
+
+
+def _training_record(run_dir: Path) -> tuple[int, list[list[float]]]:
+    """(environment steps at the end, [[env steps, training success rate], ...]) from metrics.jsonl."""
+    env_steps, curve = 0, []
+    path = run_dir / "metrics.jsonl"
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("env_steps"), (int, float)):
+                env_steps = int(record["env_steps"])
+                rate = record.get("success_rate")
+                if isinstance(rate, (int, float)):
+                    curve.append([env_steps, float(rate)])
+    return env_steps, curve
+
+
+# ----- evaluation ---------------------------------------------------------------------------------------------
+def _model_evaluations(recipe: Recipe, cell: Cell, run_dir: Path, directory: Path) -> dict[str, dict]:
+    from gflowvlm.evaluation import evaluate_checkpoint
+
+    spec = recipe.evaluation
+    results = {}
+    for split in spec.splits:
+        target = directory / f"eval_{split}.json"
+        if not target.is_file():
+            evaluate_checkpoint(run_dir, recipe.env.id, split, episodes=spec.episodes, greedy=spec.greedy,
+                                seed=cell.seed, num_envs=spec.num_envs, out=target, transcripts=2,
+                                unparseable=spec.unparseable, max_steps=spec.max_steps.get(split))
+        result = json.loads(target.read_text(encoding="utf-8"))
+        if spec.diversity_k:
+            div_target = directory / f"div_{split}.json"
+            if not div_target.is_file():
+                k = spec.diversity_k
+                evaluate_checkpoint(run_dir, recipe.env.id, split, episodes=k * spec.diversity_tasks,
+                                    samples_per_task=k, temperature=spec.diversity_temperature, seed=cell.seed,
+                                    num_envs=max(k, spec.num_envs // k * k), out=div_target, transcripts=0,
+                                    unparseable=spec.unparseable, max_steps=spec.max_steps.get(split))
+            result["diversity"] = json.loads(div_target.read_text(encoding="utf-8"))
+        results[split] = result
+    return results
+
+
+def _reference_evaluations(recipe: Recipe, cell: Cell, directory: Path) -> dict[str, dict]:
+    from gflowvlm.reference_policies import evaluate_oracle, evaluate_random
+
+    spec = recipe.evaluation
+    config = recipe.shared_config()
+    results = {}
+    for split in spec.splits:
+        target = directory / f"eval_{split}.json"
+        if not target.is_file():
+            if cell.method == "random":
+                result = evaluate_random(config, split, spec.episodes, cell.seed, spec.max_steps.get(split),
+                                         num_envs=spec.num_envs)
+            else:
+                result = evaluate_oracle(config, split, spec.episodes, cell.seed, spec.max_steps.get(split),
+                                         strategy=recipe.expert_strategy)
+            write_json(result, target)
+        results[split] = json.loads(target.read_text(encoding="utf-8"))
+    return results
+
+
+# ----- files --------------------------------------------------------------------------------------------------
+def load_cell(directory: Path) -> dict:
+    path = directory / CELL_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise UserError(f"{path} is unreadable: delete it to rerun the cell") from None
+    if not isinstance(record, dict) or not isinstance(record.get("evaluations"), dict):
+        raise UserError(f"{path} is not a cell record: delete it to rerun the cell")
+    return record
+
+
+def _summary(record: dict) -> str:
+    parts = [f"{split} {100 * result['success_rate']:.1f}%" for split, result in record["evaluations"].items()]
+    return ", ".join(parts)

@@ -1,0 +1,193 @@
+"""`gflowvlm reproduce`: recipes, one cell end to end, resuming a killed grid, the report from known results."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gflowvlm.cli import main as cli_main
+from gflowvlm.config_schema import ConfigError
+from gflowvlm.reproduce import runner
+from gflowvlm.reproduce.recipe import load_recipe
+from gflowvlm.reproduce.report import markdown
+from gflowvlm.reproduce.results import CELL_KEYS
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "configs" / "reproduce").glob("*.yaml"))
+ENV_RECIPES = [path for path in RECIPES if path.stem != "common"]
+
+
+@pytest.mark.parametrize("path", ENV_RECIPES, ids=lambda p: p.stem)
+def test_every_shipped_recipe_resolves_and_its_methods_share_start_and_budget(path):
+    recipe = load_recipe(path)
+    assert recipe.methods and "sft" in recipe.methods
+    budget = recipe.budget.env_steps
+    for method in recipe.methods:
+        if method == "sft":
+            continue
+        config = recipe.run_config(method, {"model": {"name_or_path": "sft/final"}}, output_dir="x",
+                                   max_env_steps=budget)
+        assert config.env.id == recipe.env.id and config.env.image_size == recipe.env.image_size
+        assert config.collect.expert_strategy == recipe.expert_strategy  # one expert: data, injection, oracle
+        sft = recipe.run_config("sft", {"sft": {"data": "d.jsonl"}}, output_dir="x")
+        assert config.prompt == sft.prompt  # SFT data, SFT and training see the same prompts
+        assert config.collect.unparseable == sft.collect.unparseable
+        off = method.endswith("-off")
+        assert config.collect.expert_injection == off and (config.collect.replay_size > 0) == off
+    quick = load_recipe(path, quick=True)
+    assert len(quick.seeds) == 1 and set(quick.default_methods) == {"sft", "ppo", "subtb-off"}
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_recipe_mistakes_are_one_line_config_errors(tmp_path):
+    base = ROOT / "configs" / "reproduce" / "common.yaml"
+    cases = {
+        "unknown top key": (f"base: {base}\nenv: {{id: gflowvlm/NumberLine-v0}}\nbudgets: 3\n", "unknown key"),
+        "bad method key": (f"base: {base}\nmethods: {{ppo: {{optim: {{lrr: 1}}}}}}\n", "method ppo"),
+        "like cycle": (f"base: {base}\nmethods: {{a: {{like: b}}, b: {{like: a}}}}\n", "cycle"),
+        "like unknown": (f"base: {base}\nmethods: {{a: {{like: nothing}}}}\n", "neither a method"),
+        "harness key": (f"base: {base}\nmethods: {{ppo: {{max_env_steps: 99}}}}\n", "set by the harness"),
+        "no sft": ("env: {id: gflowvlm/NumberLine-v0}\nmethods: {ppo: {algorithm: ppo}}\n", "must include 'sft'"),
+        "bad split horizon": (f"base: {base}\nevaluation: {{splits: [id], max_steps: {{ood: 5}}}}\n", "max_steps"),
+    }
+    for name, (text, message) in cases.items():
+        with pytest.raises(ConfigError, match=message) as error:
+            load_recipe(_write(tmp_path / f"{name.replace(' ', '_')}.yaml", text))
+        assert "\n" not in str(error.value), name
+
+
+def test_a_method_can_be_removed_and_composed(tmp_path):
+    base = ROOT / "configs" / "reproduce" / "common.yaml"
+    recipe = load_recipe(_write(tmp_path / "r.yaml", f"base: {base}\nmethods:\n  db: null\n  db-off: null\n"
+                                "  subtb-l9: {like: subtb-off, objective: {lam: 0.9}}\n"))
+    assert "db" not in recipe.methods and "db-off" not in recipe.methods
+    config = recipe.run_config("subtb-l9", output_dir="x")
+    assert config.objective.lam == 0.9 and config.algorithm == "subtb" and config.collect.expert_injection
+
+
+def tiny_recipe(tmp_path: Path) -> Path:
+    base = ROOT / "configs" / "reproduce" / "common.yaml"
+    return _write(tmp_path / "tiny.yaml", f"""
+base: {base}
+env: {{id: gflowvlm/NumberLine-v0, image_size: 64}}
+seeds: [0]
+sft_data: {{samples: 24}}
+budget: {{env_steps: 4}}
+run:
+  env: {{num_envs: 2}}
+  generation: {{max_new_tokens: 8}}
+  logging: {{save_every: 1}}
+sft: {{steps: 2, optim: {{batch_size: 4, warmup_steps: 0}}}}
+presets: {{lora: {{optim: {{batch_size: 8}}}}}}
+evaluation: {{splits: [id, ood], episodes: 4, num_envs: 4, max_steps: {{ood: 3}}}}
+""")
+
+
+def place_model(out: Path, tiny_vlm_dir: str, seed: int = 0) -> None:
+    """The seed's tiny VLM, as if `make-tiny-model --align` had built it (that command has its own tests)."""
+    target = out / f"seed{seed}" / "tiny-vlm"
+    shutil.copytree(tiny_vlm_dir, target)
+    (target / "alignment.json").write_text(json.dumps({"per_env": {}, "note": "placed by the test"}))
+
+
+def test_one_cell_runs_end_to_end_and_writes_results_report_and_plots(tmp_path, tiny_vlm_dir, capsys):
+    out = tmp_path / "grid"
+    place_model(out, tiny_vlm_dir)
+    code = cli_main(["reproduce", "--recipe", str(tiny_recipe(tmp_path)), "--out", str(out),
+                     "--methods", "sft,subtb-off"])
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    assert {"recipe", "commit", "command", "cells"} <= set(results)
+    assert "reproduce" in results["command"]
+    cells = results["cells"]
+    assert all(set(CELL_KEYS) <= set(cell) for cell in cells)
+    assert {(c["method"], c["split"]) for c in cells} == {
+        (m, s) for m in ("random", "oracle", "sft", "subtb-off") for s in ("id", "ood")}
+    by = {(c["method"], c["split"]): c for c in cells}
+    assert by[("oracle", "id")]["success_rate"] == 1.0 and by[("oracle", "id")]["parse_rate"] == 1.0
+    assert by[("random", "id")]["parse_rate"] == 0.0
+    subtb = by[("subtb-off", "id")]
+    assert subtb["env_steps"] >= 4 and subtb["episodes"] == 4 and 0.0 <= subtb["parse_rate"] <= 1.0
+    assert by[("sft", "id")]["env_steps"] == 0
+    report = (out / "report.md").read_text()
+    for row in ("random", "oracle", "SFT", "GFlowVLM SubTB off-policy"):
+        assert row in report
+    assert results["commit"] in report and (out / "success_by_split.png").stat().st_size > 0
+    run = out / "seed0" / "subtb-off" / "run"
+    assert (run / "final" / "adapter_config.json").is_file()
+    config = (run / "config.yaml").read_text()
+    assert "max_env_steps: 4" in config and str(out / "seed0" / "sft" / "run" / "final") in config
+
+
+def test_a_killed_grid_redoes_only_unfinished_cells(tmp_path, tiny_vlm_dir, monkeypatch):
+    out = tmp_path / "grid"
+    place_model(out, tiny_vlm_dir)
+    recipe = str(tiny_recipe(tmp_path))
+    ran, killed = [], []
+    real = runner.run_cell
+
+    def recording(recipe_, out_, cell, log):
+        ran.append(cell.method)
+        if cell.method == "subtb-off" and not killed:
+            killed.append(cell)
+            raise KeyboardInterrupt  # killed between the SFT cell and this one
+        return real(recipe_, out_, cell, log)
+
+    monkeypatch.setattr(runner, "run_cell", recording)
+    argv = ["reproduce", "--recipe", recipe, "--out", str(out), "--methods", "sft,subtb-off"]
+    assert cli_main(argv) == 130
+    assert ran == ["random", "oracle", "sft", "subtb-off"]
+    ran.clear()
+    assert cli_main(argv) == 0
+    assert ran == ["subtb-off"]  # random, oracle and sft were finished: not redone
+    ran.clear()
+    assert cli_main(argv) == 0 and ran == []
+    results = json.loads((out / "results.json").read_text())
+    assert {c["method"] for c in results["cells"]} == {"random", "oracle", "sft", "subtb-off"}
+
+
+def known_results() -> dict:
+    cells = []
+    for seed, (sft, subtb) in enumerate([(0.5, 0.8), (0.6, 0.9), (0.7, 1.0)]):
+        for method, rate in (("sft", sft), ("subtb-off", subtb), ("random", 0.25)):
+            cells.append({"env": "gflowvlm/NumberLine-v0", "method": method, "seed": seed, "split": "id",
+                          "success_rate": rate, "ci95": [0, 1], "div_at_k": None, "k": None, "episodes": 100,
+                          "env_steps": 0 if method != "subtb-off" else 1000, "parse_rate": 0.5, "seconds": 1.0,
+                          "task_type": None})
+    return {"recipe": "configs/reproduce/numberline.yaml", "commit": "abc123", "command": "gflowvlm reproduce x",
+            "env": "gflowvlm/NumberLine-v0", "seeds": [0, 1, 2], "methods": ["sft", "subtb-off"],
+            "method_labels": {"sft": "SFT", "subtb-off": "GFlowVLM SubTB off-policy"}, "budget_env_steps": 1000,
+            "evaluation": {"splits": ["id"], "episodes": 100, "greedy": True, "max_steps": {}, "diversity_k": 0,
+                           "diversity_tasks": 16, "unparseable": "random", "protocol": ""},
+            "expert_strategy": None, "cells": cells, "curves": {}}
+
+
+def test_the_report_is_computed_from_results_json():
+    text = markdown(known_results())
+    # mean 60.0, t_{0.975,2} * 0.1 / sqrt(3) = 24.84 points: [35.2, 84.8]; per-seed values after it.
+    assert "| SFT | 60.0 [35.2, 84.8] (50.0, 60.0, 70.0) |" in text
+    assert "| GFlowVLM SubTB off-policy | 90.0 [65.2, 114.8] (80.0, 90.0, 100.0) |" in text
+    assert "| random (uniform admissible actions) | 25.0 [25.0, 25.0] (25.0, 25.0, 25.0) |" in text
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    assert [line.split(" | ")[0] for line in lines[1:]] == ["| random (uniform admissible actions)", "| SFT",
+                                                            "| GFlowVLM SubTB off-policy"]
+    assert "abc123" in text and "gflowvlm reproduce x" in text and "1,000" in text
+
+
+def test_bad_command_lines_are_one_line_errors(tmp_path, capsys):
+    recipe = str(ROOT / "configs" / "reproduce" / "numberline.yaml")
+    afile = _write(tmp_path / "file", "x")
+    for argv, message in [(["--seeds", "0,x"], "--seeds"), (["--methods", "sft,nope"], "unknown method 'nope'"),
+                          (["--out", str(afile)], "is a file")]:
+        args = ["reproduce", "--recipe", recipe, "--out", str(tmp_path / "o"), *argv]
+        if argv[0] == "--out":
+            args = ["reproduce", "--recipe", recipe, *argv]
+        assert cli_main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err

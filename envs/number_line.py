@@ -32,6 +32,7 @@ from envs.base import VLMEnv
 ACTIONS = ("-", "+")
 # (lowest start/target, highest start/target, top of the number line) per split.
 SPLIT_RANGES = {"id": (0, 5, 5), "ood": (10, 50, 50)}
+HORIZONS = ("split", "optimal")
 # Below this font size (pixels) the full labels "Target:" / "Current:" get too small to read, so the image
 # switches to the short labels "T:" / "C:" (this happens for images smaller than about 100 pixels).
 MIN_FULL_LABEL_FONT = 14
@@ -41,9 +42,17 @@ class NumberLineEnv(VLMEnv):
     """Reach the target number; see the module docstring for the exact rules."""
 
     def __init__(self, split: str = "id", reward: str = "gflowvlm", image_size: int = 300,
-                 render_mode: str | None = None, max_steps: int | None = None):
+                 render_mode: str | None = None, max_steps: int | None = None, horizon: str = "split",
+                 horizon_factor: int = 2):
+        if horizon not in HORIZONS:
+            raise ValueError(f"horizon must be one of {list(HORIZONS)}, got {horizon!r}")
+        if isinstance(horizon_factor, bool) or not isinstance(horizon_factor, int) or horizon_factor < 1:
+            raise ValueError(f"horizon_factor must be a positive integer, got {horizon_factor!r}")
+        if horizon == "optimal" and max_steps is not None:
+            raise ValueError("horizon='optimal' sets each episode's horizon itself; do not also give max_steps")
         if split in SPLIT_RANGES:
             self.low, self.high, self.top = SPLIT_RANGES[split]
+        self.horizon, self.horizon_factor = horizon, horizon_factor
         super().__init__(split=split, reward=reward, image_size=image_size, render_mode=render_mode,
                          max_steps=max_steps)
         self.start = self.target = self.current = self.low
@@ -67,6 +76,8 @@ class NumberLineEnv(VLMEnv):
         if start == target:
             raise ValueError(f"start and target must differ, both are {start}")
         self.start, self.target, self.current = start, target, start
+        if self.horizon == "optimal":  # read by VLMEnv.step's truncation check
+            self.max_steps = self.horizon_factor * abs(target - start)
 
     def _option_number(self, options: dict[str, Any], name: str, default: int) -> int:
         if name not in options:

@@ -198,7 +198,7 @@ def evaluate(generate_fn: GenerateFn, run_config: RunConfig, split: str, episode
         "temperature": None if greedy else generation.temperature, "top_p": generation.top_p,
         "max_new_tokens": generation.max_new_tokens, "num_envs": batch, "epsilon": 0.0, "unparseable": unparseable,
         "reward": config.env.reward, "image_size": config.env.image_size, "max_steps": horizon,
-        "history": config.prompt.history,
+        "history": config.prompt.history, "env_kwargs": dict(config.env.kwargs),
     }
     result["seconds"] = seconds
     result["episodes_per_second"] = episodes / seconds if seconds > 0 else None
@@ -365,11 +365,13 @@ def evaluate_checkpoint(path: str | Path | None, env_id: str, split: str, episod
                         temperature: float | None = None, seed: int = 0, num_envs: int | None = None,
                         out: str | Path | None = None, transcripts: int = 3, unparseable: str = "random",
                         image_size: int | None = None, max_steps: int | None = None,
-                        progress: bool = False, trust_remote_code: bool = False) -> dict[str, Any]:
+                        progress: bool = False, trust_remote_code: bool = False,
+                        env_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate a run / checkpoint / adapter directory (or, with path None, the base `model`) and write the JSON.
 
     Returns the written result plus `output` (the JSON's path). `trust_remote_code`: the caller's own decision
-    (--trust-remote-code); nothing in the checkpoint can turn it on.
+    (--trust-remote-code); nothing in the checkpoint can turn it on. `env_kwargs` are added to the run's env
+    options (e.g. NumberLine's horizon="optimal" for an evaluation protocol).
     """
     if path is None and model is None:
         raise UserError("give a checkpoint directory or a base model (--model NAME_OR_PATH)")
@@ -377,6 +379,7 @@ def evaluate_checkpoint(path: str | Path | None, env_id: str, split: str, episod
         raise UserError(f"transcripts must be >= 0, got {transcripts}")
     resolved = resolve_checkpoint(path) if path is not None else None
     config = base_run_config(resolved, env_id, model, image_size, temperature, trust_remote_code)
+    config.env.kwargs.update(env_kwargs or {})
     has_run_config = resolved is not None and resolved.config_path is not None
     # Cheap checks first: a bad count or split must not cost a model load.
     check_env(evaluation_config(config, split, samples_per_task, seed, episodes, num_envs, unparseable, max_steps))

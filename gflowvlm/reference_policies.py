@@ -52,5 +52,6 @@ def evaluate_oracle(run_config: RunConfig, split: str, episodes: int, seed: int 
     result = summarize(records, 1)
     result["settings"] = {"env": env_config.id, "split": split, "seed": seed, "episodes": episodes,
                           "samples_per_task": 1, "policy": "oracle", "expert_strategy": strategy,
-                          "reward": env_config.reward, "image_size": env_config.image_size, "max_steps": horizon}
+                          "reward": env_config.reward, "image_size": env_config.image_size, "max_steps": horizon,
+                          "env_kwargs": dict(env_config.kwargs)}
     return result

@@ -151,6 +151,52 @@ def test_truncation_at_twice_the_top_of_the_line(split, start, target, horizon):
         env.step("+")
 
 
+@pytest.mark.parametrize("factor", [1, 2, 3])
+def test_optimal_horizon_is_a_multiple_of_the_shortest_path(factor):
+    env = gym.make("gflowvlm/NumberLine-v0", split="ood", image_size=16, horizon="optimal", horizon_factor=factor)
+    env.reset(options={"start": 30, "target": 22})
+    assert env.unwrapped.max_steps == factor * 8
+    for step in range(1, factor * 8 + 1):
+        _, _, terminated, truncated, _ = env.step("+")
+        assert not terminated and truncated == (step == factor * 8)
+    # The oracle still succeeds on every task, in exactly the optimal number of steps.
+    for seed in range(50):
+        env.reset(seed=seed)
+        done = False
+        while not done:
+            _, _, terminated, truncated, info = env.step(env.unwrapped.expert_action())
+            done = terminated or truncated
+        assert info["success"]
+
+
+def test_optimal_horizon_leaves_a_random_walk_far_below_the_fixed_one():
+    """The reason for the option: a fixed 100-step OOD horizon lets a random walk reach the target a third of the
+    time; at twice the optimal number of steps it rarely does."""
+    rng = np.random.default_rng(0)
+    rates = {}
+    for horizon in ("split", "optimal"):
+        env = gym.make("gflowvlm/NumberLine-v0", split="ood", image_size=16, horizon=horizon)
+        wins = 0
+        for seed in range(300):
+            env.reset(seed=seed)
+            done = False
+            while not done:
+                _, _, terminated, truncated, info = env.step(str(rng.choice(["+", "-"])))
+                done = terminated or truncated
+            wins += info["success"]
+        rates[horizon] = wins / 300
+    assert rates["split"] > 0.25 and rates["optimal"] < 0.12
+
+
+def test_optimal_horizon_arguments_are_checked():
+    with pytest.raises(ValueError, match="horizon must be one of"):
+        gym.make("gflowvlm/NumberLine-v0", horizon="short")
+    with pytest.raises(ValueError, match="horizon_factor"):
+        gym.make("gflowvlm/NumberLine-v0", horizon="optimal", horizon_factor=0)
+    with pytest.raises(ValueError, match="do not also give max_steps"):
+        gym.make("gflowvlm/NumberLine-v0", horizon="optimal", max_steps=5)
+
+
 # ----- gflowvlm rewards ----------------------------------------------------------------------------------------
 def test_gflowvlm_log_reward_and_terminal_reward():
     env = make("id", reward="gflowvlm")

@@ -85,7 +85,7 @@ run:
   logging: {{save_every: 1}}
 sft: {{steps: 2, optim: {{batch_size: 4, warmup_steps: 0}}}}
 presets: {{lora: {{optim: {{batch_size: 8}}}}}}
-evaluation: {{splits: [id, ood], episodes: 4, num_envs: 4, max_steps: {{ood: 3}}}}
+evaluation: {{splits: [id, ood], episodes: 4, num_envs: 4, env_kwargs: {{ood: {{horizon: optimal}}}}}}
 """)
 
 
@@ -119,6 +119,9 @@ def test_one_cell_runs_end_to_end_and_writes_results_report_and_plots(tmp_path, 
     for row in ("random", "oracle", "SFT", "GFlowVLM SubTB off-policy"):
         assert row in report
     assert results["commit"] in report and (out / "success_by_split.png").stat().st_size > 0
+    for method in ("random", "subtb-off"):  # the OOD protocol reaches the model's and the reference rows' envs
+        settings = json.loads((out / "seed0" / method / "eval_ood.json").read_text())["settings"]
+        assert settings["env_kwargs"] == {"horizon": "optimal"}
     run = out / "seed0" / "subtb-off" / "run"
     assert (run / "final" / "adapter_config.json").is_file()
     config = (run / "config.yaml").read_text()

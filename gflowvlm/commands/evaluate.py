@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-steps", type=int, metavar="N",
                         help="episode horizon (default: the run's on its own split, else the env's for the split)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--env-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="an env option for this evaluation, e.g. horizon=optimal (NumberLine); repeatable")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow the model's own Python code (transformers' trust_remote_code) for this call; a "
                              "checkpoint or config file can never turn this on")
@@ -67,13 +69,17 @@ def main(argv: list[str]) -> int:
         from gflowvlm.config_schema import check_output_file
 
         check_output_file(args.out, "--out")
+    from gflowvlm.config_schema import apply_overrides
+
+    env_kwargs = apply_overrides({}, args.env_option)  # parsed as YAML scalars, with the config reader's limits
     from gflowvlm.evaluation import evaluate_checkpoint  # deferred: torch is slow to import
 
     result = evaluate_checkpoint(
         args.checkpoint, args.env, args.split, args.episodes, args.samples_per_task, model=args.model,
         greedy=args.greedy, temperature=args.temperature, seed=args.seed, num_envs=args.num_envs, out=args.out,
         transcripts=args.transcripts, unparseable=args.unparseable, image_size=args.image_size,
-        max_steps=args.max_steps, progress=not args.quiet, trust_remote_code=args.trust_remote_code)
+        max_steps=args.max_steps, progress=not args.quiet, trust_remote_code=args.trust_remote_code,
+        env_kwargs=env_kwargs)
     print(summary_line(result))
     print(f"wrote {result['output']}")
     return 0

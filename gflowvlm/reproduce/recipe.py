@@ -71,6 +71,7 @@ class EvaluationSpec:
     diversity_tasks: int = 16
     diversity_temperature: float = 1.0
     max_steps: dict[str, int] = field(default_factory=dict)  # split -> horizon; absent: the env's for the split
+    env_kwargs: dict[str, dict] = field(default_factory=dict)  # split -> extra env options for its evaluation
     unparseable: str = "random"
     protocol: str = ""  # one line for the report: why this horizon / these episodes
 
@@ -202,6 +203,9 @@ def _check_specs(path, tiny: TinyModelSpec, sft_data: SFTDataSpec, budget: Budge
         (all(isinstance(v, int) and v >= 1 for v in evaluation.max_steps.values()),
          "evaluation.max_steps values must be positive integers"),
         (set(evaluation.max_steps) <= set(evaluation.splits), "evaluation.max_steps names a split not evaluated"),
+        (set(evaluation.env_kwargs) <= set(evaluation.splits), "evaluation.env_kwargs names a split not evaluated"),
+        (all(isinstance(v, dict) for v in evaluation.env_kwargs.values()),
+         "evaluation.env_kwargs values must be mappings of env options"),
     ]
     for ok, message in checks:
         if not ok:

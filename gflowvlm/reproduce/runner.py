@@ -198,7 +198,8 @@ def _model_evaluations(recipe: Recipe, cell: Cell, run_dir: Path, directory: Pat
         if not target.is_file():
             evaluate_checkpoint(run_dir, recipe.env.id, split, episodes=spec.episodes, greedy=spec.greedy,
                                 seed=cell.seed, num_envs=spec.num_envs, out=target, transcripts=2,
-                                unparseable=spec.unparseable, max_steps=spec.max_steps.get(split))
+                                unparseable=spec.unparseable, max_steps=spec.max_steps.get(split),
+                                env_kwargs=spec.env_kwargs.get(split))
         result = json.loads(target.read_text(encoding="utf-8"))
         if spec.diversity_k:
             div_target = directory / f"div_{split}.json"
@@ -207,7 +208,8 @@ def _model_evaluations(recipe: Recipe, cell: Cell, run_dir: Path, directory: Pat
                 evaluate_checkpoint(run_dir, recipe.env.id, split, episodes=k * spec.diversity_tasks,
                                     samples_per_task=k, temperature=spec.diversity_temperature, seed=cell.seed,
                                     num_envs=max(k, spec.num_envs // k * k), out=div_target, transcripts=0,
-                                    unparseable=spec.unparseable, max_steps=spec.max_steps.get(split))
+                                    unparseable=spec.unparseable, max_steps=spec.max_steps.get(split),
+                                    env_kwargs=spec.env_kwargs.get(split))
             result["diversity"] = json.loads(div_target.read_text(encoding="utf-8"))
         results[split] = result
     return results
@@ -217,11 +219,12 @@ def _reference_evaluations(recipe: Recipe, cell: Cell, directory: Path) -> dict[
     from gflowvlm.reference_policies import evaluate_oracle, evaluate_random
 
     spec = recipe.evaluation
-    config = recipe.shared_config()
     results = {}
     for split in spec.splits:
         target = directory / f"eval_{split}.json"
         if not target.is_file():
+            config = recipe.shared_config()
+            config.env.kwargs.update(spec.env_kwargs.get(split) or {})
             if cell.method == "random":
                 result = evaluate_random(config, split, spec.episodes, cell.seed, spec.max_steps.get(split),
                                          num_envs=spec.num_envs)

@@ -30,8 +30,13 @@ from gflowvlm import checkpoint, run_directory
 from gflowvlm.cli import UserError
 from gflowvlm.config import RunConfig, config_to_dict
 from gflowvlm.gflownet_loss import required_heads
+from gflowvlm.parse_watch import ParseRateWatch
 from gflowvlm.run_logger import RunLogger
 from gflowvlm.safe_state import StateFileError, load_state, save_state
+
+
+class ParseCollapseError(UserError):
+    """The policy stopped writing parseable responses (collect.stop_below_parse_rate): a checkpoint is kept."""
 
 
 class NonFiniteLossError(UserError):
@@ -76,6 +81,7 @@ class Trainer:
         self.step = 0
         self.env_steps = 0
         self.nonfinite_streak = 0
+        self.parse_watch = ParseRateWatch(config.collect.warn_below_parse_rate, config.collect.stop_below_parse_rate)
         self.logger = RunLogger(self.output_dir, self.accelerator, config.logging.trackers)
         self.algorithm = _make_algorithm(self)
 
@@ -118,7 +124,15 @@ class Trainer:
             if self.step % self.config.logging.log_every == 0 or self.step == self.config.steps:
                 self.logger.log(metrics, self.step)
             progress.update(1)
-            progress.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss", "success_rate") if k in metrics})
+            progress.set_postfix({k: f"{metrics[k]:.3g}" for k in ("loss", "success_rate", "parse_rate")
+                                  if k in metrics})
+            if "parse_rate" in metrics:
+                message, stop_now = self.parse_watch.update(metrics["parse_rate"], self.step)
+                if message and accelerator.is_main_process:
+                    tqdm.write(message, file=sys.stderr)
+                if stop_now:  # every rank sees the same reduced parse rate, so all stop together
+                    self.save_checkpoint()
+                    raise ParseCollapseError(message)
             if self.step % self.config.logging.save_every == 0 and self.step < self.config.steps:
                 self.save_checkpoint()
         progress.close()

@@ -153,3 +153,29 @@ def test_gradient_accumulation_and_tensorboard_tracking(tiny_vlm_dir, tmp_path):
     records = [json.loads(line) for line in Path(config.output_dir, "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["env_steps"] >= 2 * 2 * 4  # two collection rounds of 4 episodes per optimizer step
     assert list(Path(config.output_dir).rglob("events.out.tfevents.*"))  # written through accelerate's tracker
+
+
+@pytest.mark.parametrize("flow", ["done", "done_pinned"])
+def test_both_done_flow_forms_train(tiny_vlm_dir, tmp_path, flow):
+    """The paper's form scores each trajectory's final state as an extra row; the pinned form does not."""
+    config = make_config(tiny_vlm_dir, tmp_path, "subtb", f"objective.flow={flow}", "optim.lr=3e-3")
+    trainer = Trainer(config)
+    batch = Collector(config).collect(make_generate(trainer), iteration=0)
+    loss, _ = gflownet_loss(trainer.model, trainer.policy, batch, config)
+    assert torch.isfinite(loss)
+    trainer.accelerator.backward(loss)
+    assert trainer.optimizer_step(True)
+
+
+def test_a_parse_collapse_stops_the_run_with_one_line_and_a_checkpoint(tiny_vlm_dir, tmp_path):
+    from gflowvlm.trainer import ParseCollapseError
+
+    # The untrained tiny VLM never writes a parseable action, so its parse rate is 0 from the first iteration.
+    config = make_config(tiny_vlm_dir, tmp_path, "subtb", "collect.stop_below_parse_rate=0.5", "steps=50",
+                         "env.num_envs=2", "generation.max_new_tokens=6")
+    with pytest.raises(ParseCollapseError, match="stop_below_parse_rate=0.5") as error:
+        Trainer(config).train()
+    assert "\n" not in str(error.value)
+    assert checkpoint.latest(config.output_dir) is not None  # the run can be inspected and resumed
+    records = [json.loads(line) for line in (Path(config.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 5 and all(record["parse_rate"] < 0.5 for record in records)

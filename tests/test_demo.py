@@ -19,17 +19,20 @@ def run_demo(out, *args, timeout=3000):
 
 
 def test_demo_pipeline_is_wired_and_resumes(tmp_path):
-    quick = ["--align-steps", "5", "--sft-samples", "64", "--sft-steps", "3", "--subtb-steps", "2",
+    quick = ["--align-steps", "5", "--sft-samples", "64", "--sft-steps", "3", "--budget-env-steps", "6",
              "--eval-episodes", "4", "--eval-max-steps", "3", "--max-new-tokens", "12"]
     run_demo(tmp_path, *quick)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary["success"]) == {"numberline_sft id", "numberline_sft ood", "numberline_subtb id",
-                                       "numberline_subtb ood"}
+    assert set(summary["success"]) == {f"{method} {split}" for method in ("random", "oracle", "sft", "subtb-off")
+                                       for split in ("id", "ood")}
     assert (tmp_path / "report" / "comparison.md").read_text().count("NumberLine") >= 2
-    assert (tmp_path / "runs" / "numberline_subtb" / "final" / "adapter_config.json").exists()
+    assert "GFlowVLM SubTB off-policy" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "seed0" / "subtb-off" / "run" / "final" / "adapter_config.json").exists()
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["command"].startswith("gflowvlm reproduce --recipe") and "--methods sft,subtb-off" in results["command"]
     again = run_demo(tmp_path, *quick)
-    assert "already trained, skipping" in again.stdout
-    assert json.loads((tmp_path / "summary.json").read_text())["stages"]["SFT"] < 5.0
+    assert "4 already done" in again.stdout  # every cell (random, oracle, sft, subtb-off) was finished
+    assert json.loads((tmp_path / "summary.json").read_text())["seconds"] < summary["seconds"]
 
 
 @pytest.mark.slow
@@ -38,4 +41,4 @@ def test_full_demo_reaches_the_issue_figure(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     print(json.dumps(summary, indent=2))
     assert summary["caption_accuracy"] >= 0.95
-    assert summary["success"]["numberline_subtb id"] >= 0.9
+    assert summary["success"]["subtb-off id"] >= 0.9

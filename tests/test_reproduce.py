@@ -120,7 +120,8 @@ def test_one_cell_runs_end_to_end_and_writes_results_report_and_plots(tmp_path, 
         assert row in report
     assert results["commit"] in report and (out / "success_by_split.png").stat().st_size > 0
     for method in ("random", "subtb-off"):  # the OOD protocol reaches the model's and the reference rows' envs
-        settings = json.loads((out / "seed0" / method / "eval_ood.json").read_text())["settings"]
+        folder = out / "seed0" / method / ("run" if method != "random" else "")
+        settings = json.loads((folder / "eval_ood.json").read_text())["settings"]
         assert settings["env_kwargs"] == {"horizon": "optimal"}
     run = out / "seed0" / "subtb-off" / "run"
     assert (run / "final" / "adapter_config.json").is_file()

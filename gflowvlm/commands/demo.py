@@ -1,15 +1,16 @@
 """`gflowvlm demo`: the whole method end to end on a CPU, in minutes, with the built-in tiny VLM.
 
+It is a subset of the NumberLine reproduction recipe (configs/reproduce/numberline.yaml), not a recipe of its own:
+
     1. build the tiny VLM and teach it to read its images (caption pre-training, LLaVA's stage 1)
     2. oracle SFT data for NumberLine, with the paper's [DONE] samples at terminal states
     3. SFT (the paper's starting point), then SubTB fine-tuning from the SFT model ([DONE] flows, replay, expert
-       injection)
-    4. evaluate both on the in-distribution and out-of-distribution splits
-    5. the comparison table and plots
+       injection: the recipe's `subtb-off`) on the recipe's budget of environment steps
+    4. evaluate both, and the random and oracle reference rows, on the ID and OOD splits
+    5. the reproduction report (--out/report.md) and the comparison table and plots (--out/report/)
 
-Every stage writes into --out and is skipped when its output is already there, so an interrupted demo picks up
-where it stopped. The resolved configs of both training runs are saved with them and can be rerun with
-`gflowvlm train --config <run>/config.yaml`.
+Every stage is a cell of `gflowvlm reproduce` under --out and is skipped when it is already finished, so an
+interrupted demo picks up where it stopped. The run directories are --out/seed<S>/{sft,subtb-off}/run.
 """
 from __future__ import annotations
 
@@ -18,119 +19,84 @@ import json
 import time
 from pathlib import Path
 
-from gflowvlm.config import load_config
+from gflowvlm.cli import UserError
 
-ENV = "gflowvlm/NumberLine-v0"
-IMAGE_SIZE = 64
+RECIPE = Path(__file__).resolve().parents[2] / "configs" / "reproduce" / "numberline.yaml"
+METHODS = ("sft", "subtb-off")
 
-# The recipe, in one place. Shared by both training runs:
-COMMON = [f"env.id={ENV}", f"env.image_size={IMAGE_SIZE}", "env.split=id", "env.num_envs=8",
-          "prompt.history=true", "prompt.max_history_steps=4", "generation.temperature=1.0", "logging.keep_last=1"]
-SFT = ["algorithm=sft", "model.adapter=full", "optim.lr=1e-3", "optim.min_lr=1e-4", "optim.warmup_steps=30",
-       "optim.batch_size=32", "logging.save_every=1000"]
-SUBTB = ["algorithm=subtb", "model.adapter=lora", "model.lora_r=16", "model.lora_alpha=32", "model.lora_dropout=0.0",
-         "model.lora_targets=attention_mlp", "model.head_hidden=[64]", "objective.flow=done", "objective.lam=1.0",
-         "objective.cot_weight=0.4", "collect.expert_injection=true", "collect.replay_size=4",
-         "collect.replay_samples=4", "collect.unparseable=illegal", "optim.lr=3e-4", "optim.min_lr=3e-5", "optim.batch_size=96",
-         "logging.save_every=10", "logging.sample_every=5"]
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UserError(message)
+
+
+def recipe_overrides(args: argparse.Namespace) -> list[str]:
+    """The demo's options as overrides of the NumberLine recipe (only those the user gave)."""
+    overrides = []
+    if args.align_steps is not None:
+        overrides.append(f"tiny_model.align_steps={args.align_steps}")
+    if args.sft_samples is not None:
+        overrides.append(f"sft_data.samples={args.sft_samples}")
+    if args.sft_steps is not None:
+        overrides.append(f"sft.steps={args.sft_steps}")
+    if args.budget_env_steps is not None:
+        overrides.append(f"budget.env_steps={args.budget_env_steps}")
+    if args.eval_episodes is not None:
+        overrides.append(f"evaluation.episodes={args.eval_episodes}")
+    if args.eval_max_steps is not None:  # a fixed cap replaces the recipe's per-episode OOD horizon
+        overrides += [f"evaluation.max_steps={{id: {args.eval_max_steps}, ood: {args.eval_max_steps}}}",
+                      "evaluation.env_kwargs={}"]
+    if args.max_new_tokens is not None:
+        overrides.append(f"run.generation.max_new_tokens={args.max_new_tokens}")
+    return overrides
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="gflowvlm demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="gflowvlm demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_out")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--align-steps", type=int, default=2000, help="upper bound of caption pre-training steps")
-    parser.add_argument("--sft-samples", type=int, default=3000)
-    parser.add_argument("--sft-steps", type=int, default=300)
-    parser.add_argument("--subtb-steps", type=int, default=30)
-    parser.add_argument("--eval-episodes", type=int, default=64)
-    parser.add_argument("--eval-max-steps", type=int, default=None, help="cap evaluation episodes (default: the "
-                        "split's own horizon, 100 steps for NumberLine OOD)")
-    parser.add_argument("--max-new-tokens", type=int, default=72)
+    parser.add_argument("--align-steps", type=int, help="upper bound of caption pre-training steps (recipe: 2000)")
+    parser.add_argument("--sft-samples", type=int, help="SFT records (recipe: 3000)")
+    parser.add_argument("--sft-steps", type=int, help="SFT optimizer steps (recipe: 300)")
+    parser.add_argument("--budget-env-steps", type=int, help="SubTB's environment steps (the recipe's budget)")
+    parser.add_argument("--eval-episodes", type=int, help="evaluation episodes per split (recipe: 200)")
+    parser.add_argument("--eval-max-steps", type=int, help="a fixed evaluation horizon for both splits (default: "
+                        "the recipe's, 10 steps ID and 2 x the optimal number of steps OOD)")
+    parser.add_argument("--max-new-tokens", type=int, help="response length cap (recipe: 72)")
     args = parser.parse_args(argv)
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    if not RECIPE.is_file():
+        raise UserError(f"the NumberLine recipe is not at {RECIPE}: the demo runs from a checkout of gflowvlm "
+                        "(pip install -e .)")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    common = COMMON + [f"generation.max_new_tokens={args.max_new_tokens}"]
-    timings: dict[str, float] = {}
     started = time.perf_counter()
+    from gflowvlm.commands.reproduce import main as reproduce_main
 
-    model_dir = out / "tiny-vlm"
-    with _timed(timings, "tiny VLM + caption pre-training"):
-        alignment = build_seeing_model(model_dir, args.seed, args.align_steps)
-    data = out / "data" / "numberline_sft.jsonl"
-    with _timed(timings, "SFT data"):
-        if not data.exists():
-            from gflowvlm.sft_data import write_sft_data
-
-            write_sft_data(ENV, data, args.sft_samples, done_fraction=0.25, image_size=IMAGE_SIZE, seed=args.seed)
-    runs = out / "runs"
-    sft_dir, subtb_dir = runs / "numberline_sft", runs / "numberline_subtb"
-    with _timed(timings, "SFT"):
-        train(common + SFT + [f"model.name_or_path={model_dir}", f"sft.data={data}", f"steps={args.sft_steps}",
-                              f"output_dir={sft_dir}", f"seed={args.seed}"])
-    with _timed(timings, "SubTB"):
-        train(common + SUBTB + [f"model.name_or_path={sft_dir / 'final'}", f"steps={args.subtb_steps}",
-                                f"output_dir={subtb_dir}", f"seed={args.seed}"])
-    from gflowvlm.evaluation import evaluate_checkpoint
-
-    results = {}
-    for run in (sft_dir, subtb_dir):
-        for split in ("id", "ood"):
-            with _timed(timings, f"eval {run.name} {split}"):
-                target = run / f"eval_NumberLine-v0_{split}.json"
-                if not target.exists():
-                    evaluate_checkpoint(run, ENV, split, episodes=args.eval_episodes, greedy=True, seed=args.seed,
-                                        num_envs=32, out=target, transcripts=2, progress=True,
-                                        max_steps=args.eval_max_steps)
-                results[(run.name, split)] = json.loads(target.read_text())
+    reproduce_main(["--recipe", str(RECIPE), "--out", str(out), "--seeds", str(args.seed),
+                    "--methods", ",".join(METHODS), *recipe_overrides(args)])
     from gflowvlm.commands.compare import main as compare_main
 
-    compare_main([str(sft_dir), str(subtb_dir), "--out", str(out / "report")])
+    seed_dir = out / f"seed{args.seed}"
+    compare_main([str(seed_dir / method / "run") for method in METHODS] + ["--out", str(out / "report")])
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     total = time.perf_counter() - started
-    summary = {"seconds": total, "stages": timings, "caption_accuracy": alignment.get("accuracy"),
-               "success": {f"{run} {split}": result["success_rate"] for (run, split), result in results.items()}}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"\ndemo finished in {total / 60:.1f} min; report in {out / 'report'}; stage times:")
-    for stage, seconds in timings.items():
-        print(f"  {stage:<34} {seconds:7.1f} s")
+    alignment = json.loads((seed_dir / "tiny-vlm" / "alignment.json").read_text(encoding="utf-8"))
+    summary = {"seconds": total, "caption_accuracy": alignment.get("accuracy"),
+               "success": {f"{cell['method']} {cell['split']}": cell["success_rate"] for cell in results["cells"]
+                           if cell.get("task_type") is None},
+               "parse_rate": {f"{cell['method']} {cell['split']}": cell["parse_rate"] for cell in results["cells"]
+                              if cell.get("task_type") is None},
+               "cell_seconds": _cell_seconds(results["cells"])}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    print(f"\ndemo finished in {total / 60:.1f} min; reports in {out / 'report.md'} and {out / 'report'}")
     return 0
 
 
-def build_seeing_model(model_dir: Path, seed: int, align_steps: int) -> dict:
-    """The tiny VLM, pre-trained to caption NumberLine observations (it must read its images before SFT)."""
-    marker = model_dir / "alignment.json"
-    if marker.exists():
-        return json.loads(marker.read_text())
-    from gflowvlm.model.tiny_vlm import build_tiny_vlm, save_tiny_vlm
-    from gflowvlm.model.vision_alignment import AlignmentConfig, align_vision, caption_pairs
-
-    model, processor = build_tiny_vlm("llava", image_size=IMAGE_SIZE, seed=seed)
-    pairs = caption_pairs([ENV], 4000, IMAGE_SIZE, seed) + caption_pairs([ENV], 4000, IMAGE_SIZE, seed, split="ood")
-    result = align_vision(model, processor, pairs, AlignmentConfig(steps=align_steps, seed=seed))
-    save_tiny_vlm(model, processor, model_dir)
-    summary = {k: result[k] for k in ("accuracy", "steps", "seconds") if k in result}
-    marker.write_text(json.dumps(summary))
-    print(f"caption pre-training: {summary}")
-    return summary
-
-
-def train(overrides: list[str]) -> None:
-    config = load_config(None, overrides)
-    if (Path(config.output_dir) / "final").exists():
-        print(f"{config.output_dir}: already trained, skipping")
-        return
-    from gflowvlm.trainer import Trainer
-
-    Trainer(config).train()
-
-
-class _timed:
-    def __init__(self, timings: dict[str, float], name: str):
-        self.timings, self.name = timings, name
-
-    def __enter__(self):
-        self.started = time.perf_counter()
-
-    def __exit__(self, *exc):
-        self.timings[self.name] = time.perf_counter() - self.started
+def _cell_seconds(cells: list[dict]) -> dict[str, float]:
+    """Seconds per method (a cell's time is spread over its split rows in results.json)."""
+    seconds: dict[str, float] = {}
+    for cell in cells:
+        if cell.get("task_type") is None:
+            seconds[cell["method"]] = seconds.get(cell["method"], 0.0) + cell["seconds"]
+    return seconds

@@ -6,7 +6,8 @@ it; a cell is done when its cell.json exists, written last and atomically):
 
     DIR/seed0/tiny-vlm/            the aligned tiny VLM (alignment.json)
     DIR/seed0/data/sft.jsonl       oracle SFT data (+ sft.jsonl.done once complete)
-    DIR/seed0/<method>/            the method's run; eval_<split>.json, div_<split>.json; cell.json when done
+    DIR/seed0/<method>/run/        the method's run with its eval_<split>.json, div_<split>.json
+    DIR/seed0/<method>/cell.json   written last: the cell is done
     DIR/seed0/random|oracle/       the reference rows on the same tasks
     DIR/results.json, report.md, *.png
 
@@ -78,7 +79,7 @@ def run_cell(recipe: Recipe, out: Path, cell: Cell, log: Callable[[str], None]) 
     else:
         stage_seconds = prepare_seed(recipe, out, cell.seed, log)
         run_dir = _train(recipe, out, cell, log)
-        evaluations = _model_evaluations(recipe, cell, run_dir, directory)
+        evaluations = _model_evaluations(recipe, cell, run_dir, run_dir)  # beside the run: `compare` finds them
         env_steps, curve = _training_record(run_dir)
     record = {"env": recipe.env.id, "method": cell.method, "seed": cell.seed, "env_steps": env_steps,
               "seconds": time.perf_counter() - started, "evaluations": evaluations, "curve": curve,

@@ -71,8 +71,7 @@ def markdown(results: dict) -> str:
     env = env_name(results["env"])
     seeds = results["seeds"]
     evaluation = results["evaluation"]
-    horizon = ", ".join(f"{split_name(s)} {v} steps" for s, v in evaluation.get("max_steps", {}).items()) or \
-        "each split's own"
+    horizon = "; ".join(f"{split_name(split)} {_horizon(evaluation, split)}" for split in evaluation["splits"])
     notes = [
         f"# {env}: reproduction ({len(seeds)} seed{'s' if len(seeds) != 1 else ''}: {', '.join(map(str, seeds))})",
         "",
@@ -98,6 +97,15 @@ def markdown(results: dict) -> str:
         notes.append("Environment steps used (mean over seeds): " + ", ".join(
             f"{labels.get(m, m)} {v:,.0f}" for m, v in env_steps.items()) + ".")
     return "\n".join(notes) + "\n"
+
+
+def _horizon(evaluation: dict, split: str) -> str:
+    if split in (evaluation.get("max_steps") or {}):
+        return f"{evaluation['max_steps'][split]} steps"
+    options = (evaluation.get("env_kwargs") or {}).get(split)
+    if options:
+        return "the env's, with " + ", ".join(f"{k}={v}" for k, v in options.items())
+    return "the env's own"
 
 
 def _budget_used(cells: Sequence[dict]) -> dict[str, float]:

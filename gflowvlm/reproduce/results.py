@@ -57,6 +57,7 @@ def build_results(recipe, records: Sequence[dict], command: str, methods: Sequen
         "budget_env_steps": recipe.budget.env_steps,
         "evaluation": {"splits": recipe.evaluation.splits, "episodes": recipe.evaluation.episodes,
                        "greedy": recipe.evaluation.greedy, "max_steps": recipe.evaluation.max_steps,
+                       "env_kwargs": recipe.evaluation.env_kwargs,
                        "diversity_k": recipe.evaluation.diversity_k,
                        "diversity_tasks": recipe.evaluation.diversity_tasks,
                        "unparseable": recipe.evaluation.unparseable, "protocol": recipe.evaluation.protocol},

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gflowvlm.report import _pyplot, env_name, split_name, task_type_name
+from gflowvlm.report import _pyplot, _type_key, env_name, split_name, task_type_name
 from gflowvlm.reproduce.results import aggregate
 
 REFERENCE_LABELS = {"random": "random (uniform admissible actions)", "oracle": "oracle (the env's expert)"}
@@ -41,7 +41,7 @@ def columns(results: dict) -> list[tuple[str, str, str | None, bool]]:
     cells = results["cells"]
     out = []
     for split in results["evaluation"]["splits"]:
-        types = sorted({c["task_type"] for c in cells if c["split"] == split and c.get("task_type")})
+        types = sorted({c["task_type"] for c in cells if c["split"] == split and c.get("task_type")}, key=_type_key)
         for task_type in types:
             out.append((f"{split_name(split)} {task_type_name(task_type)}", split, task_type, True))
         out.append((f"{split_name(split)}" + (" all" if types else ""), split, None, True))

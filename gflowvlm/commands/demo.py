@@ -1,6 +1,7 @@
 """`gflowvlm demo`: the whole method end to end on a CPU, in minutes, with the built-in tiny VLM.
 
-It is a subset of the NumberLine reproduction recipe (configs/reproduce/numberline.yaml), not a recipe of its own:
+It is a subset of the NumberLine reproduction recipe's quick grid (configs/reproduce/numberline.yaml with --quick),
+not a recipe of its own:
 
     1. build the tiny VLM and teach it to read its images (caption pre-training, LLaVA's stage 1)
     2. oracle SFT data for NumberLine, with the paper's [DONE] samples at terminal states
@@ -59,7 +60,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--sft-samples", type=int, help="SFT records (recipe: 3000)")
     parser.add_argument("--sft-steps", type=int, help="SFT optimizer steps (recipe: 300)")
     parser.add_argument("--budget-env-steps", type=int, help="SubTB's environment steps (the recipe's budget)")
-    parser.add_argument("--eval-episodes", type=int, help="evaluation episodes per split (recipe: 200)")
+    parser.add_argument("--eval-episodes", type=int, help="evaluation episodes per split (quick recipe: 64)")
     parser.add_argument("--eval-max-steps", type=int, help="a fixed evaluation horizon for both splits (default: "
                         "the recipe's, 10 steps ID and 2 x the optimal number of steps OOD)")
     parser.add_argument("--max-new-tokens", type=int, help="response length cap (recipe: 72)")
@@ -73,7 +74,7 @@ def main(argv: list[str]) -> int:
     started = time.perf_counter()
     from gflowvlm.commands.reproduce import main as reproduce_main
 
-    reproduce_main(["--recipe", str(RECIPE), "--out", str(out), "--seeds", str(args.seed),
+    reproduce_main(["--recipe", str(RECIPE), "--quick", "--out", str(out), "--seeds", str(args.seed),
                     "--methods", ",".join(METHODS), *recipe_overrides(args)])
     from gflowvlm.commands.compare import main as compare_main
 

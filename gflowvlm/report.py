@@ -185,6 +185,22 @@ def _pyplot():
     return plt
 
 
+def style_curve_axis(axis, title: str) -> None:
+    """Success (%) against environment steps, the look every training-curve plot shares."""
+    axis.set_title(title)
+    axis.set_xlabel("environment steps")
+    axis.set_ylabel("success rate (%)")
+    axis.set_ylim(-2, 102)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize="small")
+
+
+def save_figure(plt, figure, path: Path) -> None:
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
 def plot_success_curves(runs: Sequence[RunResults], path: Path, smoothing: float = 0.6) -> bool:
     """Success rate (%) vs environment steps, one panel per training env; False when no run logged any."""
     with_curves = [(index, run) for index, run in enumerate(runs) if run.curve]
@@ -203,15 +219,8 @@ def plot_success_curves(runs: Sequence[RunResults], path: Path, smoothing: float
             rates = [100 * y for _, y in run.curve]
             axis.plot(steps, rates, color=color, alpha=0.25, linewidth=1)
             axis.plot(steps, smooth(rates, smoothing), color=color, linewidth=2, label=run.label)
-        axis.set_title(f"{env_name(env)}: training success (EMA {smoothing:g})")
-        axis.set_xlabel("environment steps")
-        axis.set_ylabel("success rate (%)")
-        axis.set_ylim(-2, 102)
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+        style_curve_axis(axis, f"{env_name(env)}: training success (EMA {smoothing:g})")
+    save_figure(plt, figure, path)
     return True
 
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gflowvlm.report import _pyplot, _type_key, env_name, split_name, task_type_name
+from gflowvlm.report import _pyplot, _type_key, env_name, save_figure, split_name, style_curve_axis, task_type_name
 from gflowvlm.reproduce.results import aggregate
 
 REFERENCE_LABELS = {"random": "random (uniform admissible actions)", "oracle": "oracle (the env's expert)"}
@@ -138,15 +138,8 @@ def plot_curves(results: dict, path: Path, points: int = 50) -> bool:
         line, = axis.plot(grid, values.mean(0), linewidth=2, label=labels.get(method, method))
         if len(per_seed) > 1:
             axis.fill_between(grid, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
-    axis.set_title(f"{env_name(results['env'])}: training success (EMA 0.6; band: min-max over seeds)")
-    axis.set_xlabel("environment steps")
-    axis.set_ylabel("success rate (%)")
-    axis.set_ylim(-2, 102)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    style_curve_axis(axis, f"{env_name(results['env'])}: training success (EMA 0.6; band: min-max over seeds)")
+    save_figure(plt, figure, path)
     return True
 
 
@@ -165,7 +158,7 @@ def plot_bars(results: dict, path: Path) -> bool:
         return False
     plt = _pyplot()
     labels = results.get("method_labels", {})
-    figure, axis = plt.subplots(figsize=(max(6.0, 1.0 + 0.9 * len(methods) * len(splits)), 4.6))
+    figure, axis = plt.subplots(figsize=(max(6.0, 1.0 + 0.9 * len(methods) * len(splits)) + 2.5, 4.6))
     width = 0.8 / len(methods)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for slot, method in enumerate(methods):
@@ -188,10 +181,8 @@ def plot_bars(results: dict, path: Path) -> bool:
     axis.set_ylabel("success rate (%)")
     axis.set_ylim(0, 105)
     axis.grid(axis="y", alpha=0.3)
-    axis.legend(fontsize="x-small", ncol=2)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    axis.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never on them
+    save_figure(plt, figure, path)
     return True
 
 

@@ -46,7 +46,7 @@ _TOP_KEYS = {"env", "expert_strategy", "seeds", "tiny_model", "sft_data", "budge
 class TinyModelSpec:
     family: str = "llava"
     align: list[str] = field(default_factory=list)  # envs whose observations the model learns to caption
-    align_steps: int = 2000
+    align_steps: int | None = None  # upper bound of caption pre-training steps; None: each env's own recipe
 
 
 @dataclass
@@ -189,7 +189,7 @@ def load_recipe(path: str | Path, quick: bool = False, overrides: list[str] | tu
 def _check_specs(path, tiny: TinyModelSpec, sft_data: SFTDataSpec, budget: BudgetSpec,
                  evaluation: EvaluationSpec) -> None:
     checks = [
-        (tiny.align_steps >= 1, "tiny_model.align_steps must be >= 1"),
+        (tiny.align_steps is None or tiny.align_steps >= 1, "tiny_model.align_steps must be null or >= 1"),
         (sft_data.samples >= 1, "sft_data.samples must be >= 1"),
         (0.0 <= sft_data.done_fraction < 1.0, "sft_data.done_fraction must be in [0, 1)"),
         (budget.env_steps >= 1, "budget.env_steps must be >= 1"),

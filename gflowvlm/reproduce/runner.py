@@ -122,8 +122,9 @@ def build_tiny_model(recipe: Recipe, model_dir: Path, seed: int) -> None:
     from gflowvlm.model.tiny_vlm import make_tiny_model_main
 
     argv = ["--out", str(model_dir), "--force", "--family", recipe.tiny_model.family,
-            "--image-size", str(recipe.env.image_size), "--seed", str(seed),
-            "--align-steps", str(recipe.tiny_model.align_steps)]
+            "--image-size", str(recipe.env.image_size), "--seed", str(seed)]
+    if recipe.tiny_model.align_steps is not None:  # else the envs' own alignment recipes (env_alignment.py)
+        argv += ["--align-steps", str(recipe.tiny_model.align_steps)]
     for env_id in recipe.tiny_model.align:
         argv += ["--align", env_id]
     code = make_tiny_model_main(argv)

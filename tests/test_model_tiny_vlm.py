@@ -141,3 +141,127 @@ def test_qwen2_vl_needs_torchvision_for_its_processor(tmp_path, capsys):
         assert type(AutoProcessor.from_pretrained(out)).__name__ == "Qwen2VLProcessor"
     else:  # transformers builds Qwen2-VL processors with a video processor, which needs torchvision
         assert code == 2 and "needs torchvision" in capsys.readouterr().err
+
+
+# ----- make-tiny-model --align: caption pre-training on named envs -------------------------------------------
+ALIGN_KEYS = {"envs", "accuracy", "per_env", "reached_target", "target_accuracy", "steps", "seconds", "seed",
+              "image_size", "config", "family", "loss_history"}
+
+
+def _alignment(directory):
+    import json
+
+    return json.loads((directory / "alignment.json").read_text())
+
+
+def test_align_writes_per_env_held_out_accuracy(tmp_path):
+    out = tmp_path / "seeing"
+    argv = ["--out", str(out), "--align", "gflowvlm/NumberLine-v0", "--align-steps", "3", "--align-pairs", "40",
+            "--corpus-episodes", "1", "--seed", "2"]
+    assert make_tiny_model_main(argv) == 0
+    summary = _alignment(out)
+    assert ALIGN_KEYS <= set(summary)
+    assert summary["envs"] == ["gflowvlm/NumberLine-v0"] and summary["steps"] == 3 and summary["seed"] == 2
+    assert summary["image_size"] == 64 and summary["family"] == "llava" and summary["config"]["steps"] == 3
+    entry = summary["per_env"]["gflowvlm/NumberLine-v0"]
+    assert 0.0 <= entry["accuracy"] <= 1.0 and entry["accuracy"] == summary["accuracy"]
+    # Both splits were drawn (ood has numbers up to 50), and a fifth of the distinct states is held out.
+    assert entry["train_pairs"] + entry["eval_pairs"] >= 60 and entry["eval_pairs"] >= 5
+    assert entry["history"] == [[3, entry["accuracy"]]]
+    model = AutoModelForImageTextToText.from_pretrained(out)  # the aligned model is an ordinary HF directory
+    assert model.config.vision_config.image_size == 64
+
+
+def test_align_on_several_envs_uses_the_largest_recipe_image_size(tmp_path):
+    from gflowvlm.model.env_alignment import recipe_image_size
+
+    envs = ["gflowvlm/NumberLine-v0", "gflowvlm/Points24-v0"]
+    out = tmp_path / "two"
+    argv = ["--out", str(out), "--align", envs[0], "--align", envs[1], "--align-steps", "2", "--align-pairs", "12",
+            "--corpus-episodes", "1"]
+    assert make_tiny_model_main(argv) == 0
+    summary = _alignment(out)
+    assert set(summary["per_env"]) == set(envs) == set(summary["envs"])
+    assert summary["image_size"] == recipe_image_size(envs) == recipe_image_size(envs[1:]) > 64
+    assert AutoProcessor.from_pretrained(out).image_processor.crop_size["height"] == summary["image_size"]
+
+
+def test_align_on_an_unknown_env_is_a_one_line_error(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert make_tiny_model_main(["--out", str(out), "--align", "gflowvlm/NoSuchGame-v0"]) == 2
+    assert make_tiny_model_main(["--out", str(out), "--align", "no_such_module:Game-v0"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and "unknown env id 'gflowvlm/NoSuchGame-v0'" in errors[0]
+    assert "cannot import module 'no_such_module'" in errors[1]
+    assert not out.exists()  # checked before anything is built or written
+
+
+def _register_user_env():
+    """A user's env, as in tests/test_user_env.py: one grey tile of 8 shades to read, then "stop"."""
+    import gymnasium as gym
+    from PIL import Image
+
+    from envs.base import VLMEnv
+
+    class ShadeTile(VLMEnv):
+        def default_max_steps(self):
+            return 1
+
+        def _reset_state(self, options):
+            self.shade = int(self.np_random.integers(8))
+
+        def task(self):
+            return "Say stop."
+
+        def state_text(self):
+            return f"tile shade {self.shade}"
+
+        def admissible_actions(self):
+            return ["stop"]
+
+        def _apply(self, command):
+            return 1.0, True
+
+        def log_reward(self):
+            return 0.0
+
+        def is_success(self):
+            return True
+
+        def draw(self):
+            return np.asarray(Image.new("RGB", (self.image_size,) * 2, (30 * self.shade,) * 3), dtype=np.uint8).copy()
+
+        def expert_action(self):
+            return "stop"
+
+        def expert_thoughts(self):
+            return "Nothing to do."
+
+    if "usertest/ShadeTile-v0" not in gym.registry:
+        gym.register("usertest/ShadeTile-v0", entry_point=ShadeTile)
+    return "usertest/ShadeTile-v0"
+
+
+def test_align_on_a_user_registered_env(tmp_path):
+    env_id = _register_user_env()
+    out = tmp_path / "user"
+    argv = ["--out", str(out), "--align", env_id, "--align-steps", "2", "--align-pairs", "16",
+            "--corpus-episodes", "1"]
+    assert make_tiny_model_main(argv) == 0
+    summary = _alignment(out)
+    assert summary["envs"] == [env_id] and summary["image_size"] == 64  # an env without a recipe: the default
+    assert summary["per_env"][env_id]["eval_pairs"] >= 1
+
+
+def test_vision_tower_sizes(corpus, tmp_path, capsys):
+    from gflowvlm.model.tiny_vlm import tiny_model, tiny_model_config, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer("llava", corpus)
+    small, large = (tiny_model(tiny_model_config("llava", tokenizer, 64, tower), 0) for tower in ("small", "large"))
+    assert (small.config.vision_config.hidden_size, small.config.vision_config.num_hidden_layers) == (64, 2)
+    assert (large.config.vision_config.hidden_size, large.config.vision_config.num_hidden_layers) == (128, 4)
+    widths = [m.in_features for m in large.modules() if isinstance(m, torch.nn.Linear)]
+    assert min(widths) >= 64  # still fine for CPU 4-bit
+    out = tmp_path / "q"
+    assert make_tiny_model_main(["--out", str(out), "--family", "qwen2_vl", "--vision-tower", "large"]) == 2
+    assert "one vision tower size" in capsys.readouterr().err

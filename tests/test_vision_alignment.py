@@ -167,6 +167,44 @@ def test_config_schedule_and_validation():
         caption_accuracy(None, None, [])
 
 
+def test_target_zero_stops_at_the_first_evaluation(tiny, number_line_pairs):
+    model, processor = copy.deepcopy(tiny[0]), tiny[1]
+    train, held_out = split_by_caption(number_line_pairs, 0.2, seed=0)
+    config = AlignmentConfig(steps=50, warmup_steps=1, batch_size=2, eval_every=2, eval_max=4, target_accuracy=0.0)
+    result = align_vision(model, processor, train, config, progress=False,
+                          eval_pairs={"a": held_out[:4], "b": held_out[4:8]})
+    assert result["steps"] == 2 and result["reached_target"]
+    assert set(result["per_env"]) == {"a", "b"} and all(len(h) == 1 for h in result["per_env_history"].values())
+
+
+def test_early_stop_waits_for_every_env(tiny, number_line_pairs, monkeypatch):
+    # Scripted held-out accuracies: env "easy" is read from the start, env "hard" only at its third evaluation.
+    import gflowvlm.model.vision_alignment as alignment
+
+    train, held_out = split_by_caption(number_line_pairs, 0.2, seed=0)
+    easy, hard = held_out[:3], held_out[3:6]
+    hard_curve = iter([0.0, 0.5, 0.97, 1.0])
+    monkeypatch.setattr(alignment, "caption_accuracy",
+                        lambda model, processor, group: 1.0 if group[0][1] in {c for _, c in easy} else next(hard_curve))
+    config = AlignmentConfig(steps=40, warmup_steps=1, batch_size=2, eval_every=3, target_accuracy=0.95)
+    result = align_vision(copy.deepcopy(tiny[0]), tiny[1], train, config, progress=False,
+                          eval_pairs={"easy": easy, "hard": hard})
+    assert result["steps"] == 9 and result["reached_target"]
+    assert result["per_env"] == {"easy": 1.0, "hard": 0.97} and result["accuracy"] == 0.97
+    assert result["per_env_history"]["hard"] == [[3, 0.0], [6, 0.5], [9, 0.97]]
+    assert [row[1] for row in result["history"]] == [0.0, 0.5, 0.97]  # the overall figure is the lowest env's
+
+
+def test_envs_are_drawn_in_equal_shares_whatever_their_pool_sizes():
+    from gflowvlm.model.vision_alignment import _draw
+
+    small, large = [(None, "a")] * 3, [(None, "b")] * 300
+    drawn = _draw([small, large], 4000, torch.Generator().manual_seed(0))
+    share = sum(caption == "a" for _, caption in drawn) / len(drawn)
+    assert 0.45 < share < 0.55  # pooled, "a" would be 1% of the batches
+    assert len(_draw([large], 7, torch.Generator().manual_seed(0))) == 7
+
+
 @pytest.mark.slow
 def test_recipe_teaches_the_tiny_model_to_read_number_line():
     model, processor = build_tiny_vlm("llava", image_size=64, seed=1)

@@ -11,6 +11,7 @@
     tokenizer.py         its byte-level BPE tokenizer and chat templates
     corpus.py            the environments' text its tokenizer is trained on
     vision_alignment.py  caption pre-training that teaches a VLM to read its observation images
+    env_alignment.py     that pre-training on named envs: per-env recipes, held-out states, alignment.json
 
 Nothing is imported here: transformers is slow to import, and `gflowvlm --help` should stay instant.
 """

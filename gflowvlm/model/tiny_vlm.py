@@ -5,10 +5,15 @@ config + safetensors + processor (tokenizer, image processor, chat template), wh
 `AutoModelForImageTextToText` / `AutoProcessor` calls as LLaVA-1.6 or Qwen2-VL. Families:
 
 - llava (default): CLIP-style vision tower (hidden 64, 2 layers, 4 heads, patch 16: a 64x64 image gives 16 image
-  tokens) + Llama decoder (hidden 128, 4 layers, 4 query / 2 key-value heads, MLP 256): 1.1M parameters;
+  tokens; `--vision-tower large`: hidden 128, 4 layers) + Llama decoder (hidden 128, 4 layers, 4 query / 2
+  key-value heads, MLP 256): 1.0M parameters (1.8M with the large tower);
 - llava_next: the same parts as LLaVA-NeXT (LLaVA-1.6): tiles of half the image size and `image_sizes`;
 - qwen2_vl: a Qwen2-VL vision tower (patch 14, 2x2 merge, images resized to give 16 tokens) + Qwen2 decoder.
   transformers builds Qwen2-VL processors with a video processor, which needs torchvision.
+
+`--align ENV_ID` (repeatable) also caption-pre-trains the model on those envs' observations before saving it
+(LLaVA's stage-1 alignment; gflowvlm/model/env_alignment.py) and writes `alignment.json` with the held-out
+caption accuracy per env; image size and vision tower then default to the envs' recipes.
 
 Every linear layer has in_features >= 64: bitsandbytes' CPU 4-bit kernels crash below that, and the tiny model is
 what QLoRA is tested on. The tokenizer is trained on the environments' text (gflowvlm/model/corpus.py).
@@ -37,6 +42,11 @@ DECODER = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_
                num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-5)
 CLIP_TOWER = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                   projection_dim=64, hidden_act="quick_gelu")
+# Vision towers by name (LLaVA families). "small" is the default; "large" (hidden 128, 4 layers) is what the card
+# games' alignment recipes use (gflowvlm/model/env_alignment.py): with it the tiny model read Points24's formula
+# line about twice as fast (gflowvlm/model/vision_alignment.py has the figures).
+VISION_TOWERS = {"small": CLIP_TOWER,
+                 "large": dict(CLIP_TOWER, hidden_size=128, intermediate_size=512, num_hidden_layers=4)}
 IMAGE_MEAN, IMAGE_STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
 
 
@@ -53,9 +63,17 @@ def tiny_tokenizer(family: str, corpus: Corpus, vocab_size: int = 1024) -> PreTr
     return train_tokenizer(corpus.texts, spec, vocab_size)
 
 
-def tiny_model_config(family: str, tokenizer: PreTrainedTokenizerFast, image_size: int):
+def check_vision_tower(family: str, tower: str) -> None:
+    if tower not in VISION_TOWERS:
+        raise ValueError(f"unknown vision tower {tower!r}; choose one of {list(VISION_TOWERS)}")
+    if family == "qwen2_vl" and tower != "small":
+        raise ValueError("--vision-tower: the qwen2_vl tiny model has one vision tower size ('small')")
+
+
+def tiny_model_config(family: str, tokenizer: PreTrainedTokenizerFast, image_size: int, tower: str = "small"):
     """The model config of a tiny `family` model whose vocabulary is `tokenizer`'s."""
     check_image_size(family, image_size)
+    check_vision_tower(family, tower)
     ids = dict(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=False)
     image_token_id = tokenizer.convert_tokens_to_ids(tokenizer.image_token)
@@ -73,7 +91,7 @@ def tiny_model_config(family: str, tokenizer: PreTrainedTokenizerFast, image_siz
             vision_end_token_id=tokenizer.convert_tokens_to_ids(tokenizer.vision_end_token), tie_word_embeddings=False)
     tile = image_size // 2 if family == "llava_next" else image_size
     common = dict(text_config=LlamaConfig(**DECODER, **ids),
-                  vision_config=CLIPVisionConfig(**CLIP_TOWER, image_size=tile, patch_size=PATCH),
+                  vision_config=CLIPVisionConfig(**VISION_TOWERS[tower], image_size=tile, patch_size=PATCH),
                   image_token_index=image_token_id, vision_feature_layer=-1,
                   vision_feature_select_strategy="default", projector_hidden_act="gelu", tie_word_embeddings=False,
                   image_seq_length=(tile // PATCH) ** 2)
@@ -141,13 +159,14 @@ def tiny_model(config, seed: int):
 
 
 def build_tiny_vlm(family: str = "llava", image_size: int = 64, seed: int = 0, vocab_size: int = 1024,
-                   corpus: Corpus | None = None):
+                   corpus: Corpus | None = None, vision_tower: str = "small"):
     """(model, processor) of a tiny `family` VLM; `corpus` defaults to the environments' text."""
     check_image_size(family, image_size)
+    check_vision_tower(family, vision_tower)
     corpus = corpus if corpus is not None else build_corpus(seed=seed)
     tokenizer = tiny_tokenizer(family, corpus, vocab_size)
     processor = tiny_processor(family, tiny_image_processor(family, image_size), tokenizer)
-    model = tiny_model(tiny_model_config(family, tokenizer, image_size), seed)
+    model = tiny_model(tiny_model_config(family, tokenizer, image_size, vision_tower), seed)
     return model, processor
 
 
@@ -163,10 +182,21 @@ def make_tiny_model_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gflowvlm make-tiny-model", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="directory to write (created; must be empty unless --force)")
     parser.add_argument("--family", default="llava", choices=TINY_FAMILIES)
-    parser.add_argument("--image-size", type=int, default=64, help="input resolution of the vision tower")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and of the tokenizer corpus")
+    parser.add_argument("--image-size", type=int, default=None, help="input resolution of the vision tower "
+                        "(default 64, or the largest the --align envs' recipes render at)")
+    parser.add_argument("--vision-tower", default=None, choices=sorted(VISION_TOWERS),
+                        help="vision tower size (default small, or what the --align envs' recipes use)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights, the tokenizer corpus and alignment")
     parser.add_argument("--vocab-size", type=int, default=1024, help="upper bound of the BPE vocabulary")
     parser.add_argument("--corpus-episodes", type=int, default=40, help="oracle episodes per env and split")
+    parser.add_argument("--align", action="append", default=[], metavar="ENV_ID",
+                        help="caption pre-train on this env's observations (repeatable; writes alignment.json)")
+    parser.add_argument("--align-steps", type=int, default=None,
+                        help="upper bound of caption pre-training steps (default: the envs' recipe)")
+    parser.add_argument("--align-target", type=float, default=None,
+                        help="stop once every env's held-out exact-caption accuracy reaches this (default 0.98)")
+    parser.add_argument("--align-pairs", type=int, default=None,
+                        help="caption pairs drawn per env and split (default: the envs' recipe)")
     parser.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
     try:
         args = parser.parse_args(argv)
@@ -178,18 +208,48 @@ def make_tiny_model_main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--out {out} exists and is not an empty directory (use --force to write into it)")
         if args.corpus_episodes < 1:
             raise ValueError(f"--corpus-episodes must be positive, got {args.corpus_episodes}")
-        check_image_size(args.family, args.image_size)
+        if args.align_steps is not None and args.align_steps < 1:
+            raise ValueError(f"--align-steps must be positive, got {args.align_steps}")
+        if args.align_pairs is not None and args.align_pairs < 2:
+            raise ValueError(f"--align-pairs must be at least 2, got {args.align_pairs}")
+        if args.align_target is not None and not 0.0 <= args.align_target <= 1.0:
+            raise ValueError(f"--align-target must be in [0, 1], got {args.align_target}")
+        image_size, tower = args.image_size, args.vision_tower
+        if args.align:
+            from gflowvlm.model.env_alignment import check_env_ids, recipe_image_size, recipe_vision_tower
+
+            check_env_ids(args.align)  # before the corpus: a typo fails in a second, not after minutes
+            if image_size is not None and image_size < recipe_image_size(args.align):
+                print(f"note: the recipe of these envs renders them at {recipe_image_size(args.align)} px; "
+                      f"at {image_size} px some of their text may be too small to read")
+            image_size = image_size or recipe_image_size(args.align)
+            tower = tower or (recipe_vision_tower(args.align) if args.family != "qwen2_vl" else None)
+        image_size, tower = image_size or 64, tower or "small"
+        check_image_size(args.family, image_size)
+        check_vision_tower(args.family, tower)
         corpus = build_corpus(episodes_per_env=args.corpus_episodes, seed=args.seed)
-        model, processor = build_tiny_vlm(args.family, args.image_size, args.seed, args.vocab_size, corpus)
-        save_tiny_vlm(model, processor, out)
+        if args.align:
+            from gflowvlm.model.env_alignment import make_seeing_model
+
+            summary = make_seeing_model(out, args.align, args.family, image_size, args.seed, args.align_steps,
+                                        args.align_target, corpus, args.vocab_size,
+                                        pairs_per_split=args.align_pairs, vision_tower=tower)
+            parameters, vocabulary = summary["parameters"], summary["vocabulary"]
+        else:
+            model, processor = build_tiny_vlm(args.family, image_size, args.seed, args.vocab_size, corpus, tower)
+            save_tiny_vlm(model, processor, out)
+            parameters, vocabulary = sum(p.numel() for p in model.parameters()), len(processor.tokenizer)
     except (ValueError, OSError) as error:
         print(f"gflowvlm make-tiny-model: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     for env_id, reason in corpus.skipped.items():
         print(f"tokenizer corpus: skipped {env_id} ({reason})")
-    parameters = sum(p.numel() for p in model.parameters())
-    print(f"wrote a tiny {args.family} VLM to {out}: {parameters / 1e6:.2f}M parameters, "
-          f"vocabulary {len(processor.tokenizer)}, image {args.image_size}x{args.image_size}, seed {args.seed}")
+    print(f"wrote a tiny {args.family} VLM to {out}: {parameters / 1e6:.2f}M parameters, vocabulary {vocabulary}, "
+          f"image {image_size}x{image_size}, {tower} vision tower, seed {args.seed}")
+    if args.align:
+        figures = ", ".join(f"{env_id} {entry['accuracy']:.1%}" for env_id, entry in summary["per_env"].items())
+        print(f"caption pre-training: {summary['steps']} steps, {summary['seconds']:.0f} s; held-out exact "
+              f"captions: {figures} ({out / 'alignment.json'})")
     return 0
 
 

@@ -33,6 +33,8 @@ def entry(stat: dict | None, percent: bool = True, digits: int = 1) -> str:
     if stat["ci95"] is None:
         return f"{fmt(stat['mean'])} (seed {stat['seeds'][0]})"
     low, high = stat["ci95"]
+    if percent:  # a rate's t interval can leave [0, 1] with few seeds; the rate itself cannot
+        low, high = max(0.0, low), min(1.0, high)
     return f"{fmt(stat['mean'])} [{fmt(low)}, {fmt(high)}] ({', '.join(fmt(v) for v in stat['values'])})"
 
 

@@ -196,3 +196,11 @@ def test_bad_command_lines_are_one_line_errors(tmp_path, capsys):
         assert cli_main(args) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err
+
+
+@pytest.mark.parametrize("path", ENV_RECIPES, ids=lambda p: p.stem)
+def test_each_recipe_renders_its_env_at_the_size_its_tiny_model_is_aligned_at(path):
+    from gflowvlm.model.env_alignment import recipe_image_size
+
+    recipe = load_recipe(path)
+    assert recipe.env.image_size == recipe_image_size(recipe.tiny_model.align)

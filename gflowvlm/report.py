@@ -224,6 +224,18 @@ def plot_success_curves(runs: Sequence[RunResults], path: Path, smoothing: float
     return True
 
 
+def grouped_bars(axis, points, slot: int, width: float, color, label: str) -> None:
+    """One series of a grouped bar chart: (group position, rate, low, high) per bar, rates in [0, 1], drawn in %
+    with the interval as the error bar; `slot` places the series within each group."""
+    if not points:
+        return
+    xs = [position - 0.4 + width * (slot + 0.5) for position, *_ in points]
+    heights = [100 * rate for _, rate, _, _ in points]
+    errors = [[max(0.0, 100 * (rate - low)) for _, rate, low, _ in points],
+              [max(0.0, 100 * (high - rate)) for _, rate, _, high in points]]
+    axis.bar(xs, heights, width, yerr=errors, capsize=3, color=color, label=label)
+
+
 def plot_split_bars(runs: Sequence[RunResults], path: Path) -> bool:
     """Evaluation success (%) per split with Wilson 95% error bars, one panel per env; False without evaluations."""
     keys = eval_keys(runs)
@@ -240,19 +252,9 @@ def plot_split_bars(runs: Sequence[RunResults], path: Path) -> bool:
         present = [(index, run) for index, run in enumerate(runs) if any((env, s) in run.evals for s in splits)]
         width = 0.8 / len(present)
         for slot, (index, run) in enumerate(present):
-            xs, heights, errors = [], [], [[], []]
-            for position, split in enumerate(splits):
-                result = run.evals.get((env, split))
-                if result is None:
-                    continue
-                rate, (low, high) = 100 * result.success_rate, result.ci95
-                xs.append(position - 0.4 + width * (slot + 0.5))
-                heights.append(rate)
-                errors[0].append(max(0.0, rate - 100 * low))
-                errors[1].append(max(0.0, 100 * high - rate))
-            if xs:
-                axis.bar(xs, heights, width, yerr=errors, capsize=3, color=colors[index % len(colors)],
-                         label=run.label)
+            points = [(position, result.success_rate, *result.ci95) for position, split in enumerate(splits)
+                      if (result := run.evals.get((env, split))) is not None]
+            grouped_bars(axis, points, slot, width, colors[index % len(colors)], run.label)
         axis.set_xticks(range(len(splits)), [split_name(split) for split in splits])
         axis.set_xlim(-0.6, len(splits) - 0.4)
         axis.set_title(f"{env_name(env)}: evaluation success (95% CI)")

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gflowvlm.report import _pyplot, _type_key, env_name, save_figure, split_name, style_curve_axis, task_type_name
+from gflowvlm.report import _pyplot, _type_key, env_name, grouped_bars, save_figure, split_name, style_curve_axis, task_type_name
 from gflowvlm.reproduce.results import aggregate
 
 REFERENCE_LABELS = {"random": "random (uniform admissible actions)", "oracle": "oracle (the env's expert)"}
@@ -164,20 +164,14 @@ def plot_bars(results: dict, path: Path) -> bool:
     width = 0.8 / len(methods)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for slot, method in enumerate(methods):
-        xs, heights, errors = [], [], [[], []]
+        points = []
         for position, split in enumerate(splits):
             stat = aggregate(cells, method, split)
-            if stat is None:
-                continue
-            mean = 100 * stat["mean"]
-            low, high = stat["ci95"] if stat["ci95"] else (stat["mean"], stat["mean"])
-            xs.append(position - 0.4 + width * (slot + 0.5))
-            heights.append(mean)
-            errors[0].append(max(0.0, mean - 100 * low))
-            errors[1].append(max(0.0, 100 * high - mean))
-        if xs:
-            axis.bar(xs, heights, width, yerr=errors, capsize=3, color=colors[slot % len(colors)],
-                     label=labels.get(method) or REFERENCE_LABELS.get(method, method))
+            if stat is not None:
+                low, high = stat["ci95"] if stat["ci95"] else (stat["mean"], stat["mean"])
+                points.append((position, stat["mean"], low, high))
+        grouped_bars(axis, points, slot, width, colors[slot % len(colors)],
+                     labels.get(method) or REFERENCE_LABELS.get(method, method))
     axis.set_xticks(range(len(splits)), [split_name(split) for split in splits])
     axis.set_title(f"{env_name(results['env'])}: evaluation success (mean over seeds, 95% t interval)")
     axis.set_ylabel("success rate (%)")

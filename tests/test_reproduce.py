@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gflowvlm.cli import main as cli_main
+from gflowvlm.cli import UserError, main as cli_main
 from gflowvlm.config_schema import ConfigError
 from gflowvlm.reproduce import runner
 from gflowvlm.reproduce.recipe import load_recipe
@@ -93,7 +93,10 @@ def place_model(out: Path, tiny_vlm_dir: str, seed: int = 0) -> None:
     """The seed's tiny VLM, as if `make-tiny-model --align` had built it (that command has its own tests)."""
     target = out / f"seed{seed}" / "tiny-vlm"
     shutil.copytree(tiny_vlm_dir, target)
-    (target / "alignment.json").write_text(json.dumps({"per_env": {}, "note": "placed by the test"}))
+    summary = {"envs": ["gflowvlm/NumberLine-v0"], "accuracy": 0.96875, "reached_target": True, "steps": 450,
+               "seconds": 98.5, "target_accuracy": 0.95, "note": "placed by the test",
+               "per_env": {"gflowvlm/NumberLine-v0": {"accuracy": 0.96875, "train_pairs": 10, "eval_pairs": 4}}}
+    (target / "alignment.json").write_text(json.dumps(summary))
 
 
 def test_one_cell_runs_end_to_end_and_writes_results_report_and_plots(tmp_path, tiny_vlm_dir, capsys):
@@ -118,6 +121,10 @@ def test_one_cell_runs_end_to_end_and_writes_results_report_and_plots(tmp_path, 
     report = (out / "report.md").read_text()
     for row in ("random", "oracle", "SFT", "GFlowVLM SubTB off-policy"):
         assert row in report
+    # What the seed's model could read, and the grid's compute, come with the table.
+    assert results["alignment"]["0"]["per_env"] == {"gflowvlm/NumberLine-v0": 0.96875}
+    assert "Tiny VLM held-out exact captions (target 95%): seed 0 96.9% after 450 steps." in report
+    assert results["cell_seconds_total"] > 0 and "min of cell time" in report
     assert results["commit"] in report and (out / "success_by_split.png").stat().st_size > 0
     for method in ("random", "subtb-off"):  # the OOD protocol reaches the model's and the reference rows' envs
         folder = out / "seed0" / method / ("run" if method != "random" else "")
@@ -183,6 +190,25 @@ def test_the_report_is_computed_from_results_json():
     assert [line.split(" | ")[0] for line in lines[1:]] == ["| random (uniform admissible actions)", "| SFT",
                                                             "| GFlowVLM SubTB off-policy"]
     assert "abc123" in text and "gflowvlm reproduce x" in text and "1,000" in text
+
+
+def test_a_malformed_alignment_file_is_left_out_not_trusted(tmp_path):
+    (tmp_path / "seed0" / "tiny-vlm").mkdir(parents=True)
+    for text in ("{not json", json.dumps({"accuracy": "x", "per_env": []}), json.dumps([1, 2])):
+        (tmp_path / "seed0" / "tiny-vlm" / "alignment.json").write_text(text)
+        assert runner.alignment_summary(tmp_path, 0) is None
+    assert runner.alignment_summary(tmp_path, 1) is None  # never built
+
+
+def test_the_recipe_alignment_target_reaches_make_tiny_model(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr("gflowvlm.model.tiny_vlm.make_tiny_model_main", lambda argv: seen.append(argv) or 1)
+    recipe = load_recipe(ROOT / "configs" / "reproduce" / "blackjack.yaml", quick=True)
+    with pytest.raises(UserError):
+        runner.build_tiny_model(recipe, tmp_path / "m", 3)
+    argv = seen[0]
+    assert argv[argv.index("--align-target") + 1] == "0.95" and argv[argv.index("--align-steps") + 1] == "1200"
+    assert argv[argv.index("--seed") + 1] == "3"
 
 
 def test_bad_command_lines_are_one_line_errors(tmp_path, capsys):

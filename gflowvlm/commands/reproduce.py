@@ -76,14 +76,15 @@ def main(argv: list[str]) -> int:
     from gflowvlm.evaluation import write_json
     from gflowvlm.reproduce.report import write_report
     from gflowvlm.reproduce.results import build_results
-    from gflowvlm.reproduce.runner import grid, load_cell, run_grid
+    from gflowvlm.reproduce.runner import alignment_summary, grid, load_cell, run_grid
 
     command = "gflowvlm reproduce " + shlex.join(argv)  # what regenerates these results
 
     def publish() -> None:
         cells = [cell for cell in grid(recipe, seeds, methods) if (cell.directory(out) / "cell.json").is_file()]
+        alignment = {str(seed): summary for seed in seeds if (summary := alignment_summary(out, seed))}
         results = build_results(recipe, [load_cell(cell.directory(out)) for cell in cells], command, methods,
-                                seeds)
+                                seeds, alignment)
         write_json(results, out / "results.json")
         write_report(results, out)
 

@@ -353,7 +353,8 @@ def align_vision(model, processor, pairs: Sequence[CaptionPair] | Mapping[str, S
     started = time.perf_counter()
     was_training = model.training
     model.train()
-    bar = tqdm(total=config.steps, desc="vision alignment", disable=not progress)
+    # disable=None: no bar when stderr is not a terminal (a log file would fill with carriage returns)
+    bar = tqdm(total=config.steps, desc="vision alignment", disable=None if progress else True)
     try:
         for p in vision:
             p.requires_grad_(True)

@@ -47,6 +47,7 @@ class TinyModelSpec:
     family: str = "llava"
     align: list[str] = field(default_factory=list)  # envs whose observations the model learns to caption
     align_steps: int | None = None  # upper bound of caption pre-training steps; None: each env's own recipe
+    align_target: float | None = 0.95  # held-out exact-caption accuracy that ends alignment early (None: 0.98)
 
 
 @dataclass
@@ -190,6 +191,7 @@ def _check_specs(path, tiny: TinyModelSpec, sft_data: SFTDataSpec, budget: Budge
                  evaluation: EvaluationSpec) -> None:
     checks = [
         (tiny.align_steps is None or tiny.align_steps >= 1, "tiny_model.align_steps must be null or >= 1"),
+        (tiny.align_target is None or 0.0 < tiny.align_target <= 1.0, "tiny_model.align_target must be in (0, 1]"),
         (sft_data.samples >= 1, "sft_data.samples must be >= 1"),
         (0.0 <= sft_data.done_fraction < 1.0, "sft_data.done_fraction must be in [0, 1)"),
         (budget.env_steps >= 1, "budget.env_steps must be >= 1"),

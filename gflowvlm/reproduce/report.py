@@ -98,7 +98,23 @@ def markdown(results: dict) -> str:
     if env_steps:
         notes.append("Environment steps used (mean over seeds): " + ", ".join(
             f"{labels.get(m, m)} {v:,.0f}" for m, v in env_steps.items()) + ".")
+    if results.get("alignment"):
+        notes.append(_alignment_line(results["alignment"]))
+    if results.get("cell_seconds_total") is not None:
+        notes.append(f"Compute: {results['cell_seconds_total'] / 60:.1f} min of cell time in all (tiny models, SFT "
+                     f"data, training and evaluation; threads: {results.get('threads', {}).get('torch_threads')}).")
     return "\n".join(notes) + "\n"
+
+
+def _alignment_line(alignment: dict) -> str:
+    """How well each seed's tiny VLM reads the env's images: a method cannot beat what its model cannot see."""
+    parts = []
+    for seed, summary in sorted(alignment.items(), key=lambda item: int(item[0])):
+        missed = "" if summary.get("reached_target") else ", target missed"
+        parts.append(f"seed {seed} {100 * summary['accuracy']:.1f}% after {summary['steps']:,} steps{missed}")
+    target = next(iter(alignment.values())).get("target_accuracy")
+    goal = f" (target {100 * target:.0f}%)" if target is not None else ""
+    return f"Tiny VLM held-out exact captions{goal}: " + "; ".join(parts) + "."
 
 
 def _horizon(evaluation: dict, split: str) -> str:

@@ -40,7 +40,8 @@ def cell_rows(record: dict) -> list[dict[str, Any]]:
 
 
 def build_results(recipe, records: Sequence[dict], command: str, methods: Sequence[str],
-                  seeds: Sequence[int]) -> dict[str, Any]:
+                  seeds: Sequence[int], alignment: dict[str, dict] | None = None) -> dict[str, Any]:
+    """`alignment`: seed (as text) -> what that seed's tiny VLM read (runner.alignment_summary)."""
     cells = [row for record in records for row in cell_rows(record)]
     curves: dict[str, dict[str, list]] = {}
     for record in records:
@@ -63,6 +64,9 @@ def build_results(recipe, records: Sequence[dict], command: str, methods: Sequen
                        "unparseable": recipe.evaluation.unparseable, "protocol": recipe.evaluation.protocol},
         "expert_strategy": recipe.expert_strategy,
         "threads": _thread_settings(),
+        # Cell time (tiny model, SFT data, training and evaluation), summed: the grid's compute on this machine.
+        "cell_seconds_total": round(sum(float(record["seconds"]) for record in records), 1),
+        "alignment": alignment or {},
         "cells": cells,
         "curves": curves,
         "resolved_recipe": recipe.resolved,

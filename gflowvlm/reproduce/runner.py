@@ -125,11 +125,26 @@ def build_tiny_model(recipe: Recipe, model_dir: Path, seed: int) -> None:
             "--image-size", str(recipe.env.image_size), "--seed", str(seed)]
     if recipe.tiny_model.align_steps is not None:  # else the envs' own alignment recipes (env_alignment.py)
         argv += ["--align-steps", str(recipe.tiny_model.align_steps)]
+    if recipe.tiny_model.align_target is not None:
+        argv += ["--align-target", str(recipe.tiny_model.align_target)]
     for env_id in recipe.tiny_model.align:
         argv += ["--align", env_id]
     code = make_tiny_model_main(argv)
     if code != 0 or not (model_dir / "alignment.json").is_file():
         raise UserError(f"building the tiny VLM in {model_dir} failed (exit {code})")
+
+
+def alignment_summary(out: Path, seed: int) -> dict | None:
+    """What seed's tiny VLM read, from its alignment.json (parsed as untrusted data; None if absent or malformed)."""
+    path = out / f"seed{seed}" / "tiny-vlm" / "alignment.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        per_env = {str(env): float(entry["accuracy"]) for env, entry in data["per_env"].items()}
+        return {"accuracy": float(data["accuracy"]), "per_env": per_env, "steps": int(data["steps"]),
+                "seconds": float(data["seconds"]), "reached_target": bool(data["reached_target"]),
+                "target_accuracy": None if data.get("target_accuracy") is None else float(data["target_accuracy"])}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def sft_data_path(out: Path, seed: int) -> Path:

@@ -15,11 +15,11 @@ from gflowvlm.reproduce.report import markdown
 from gflowvlm.reproduce.results import CELL_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted((ROOT / "configs" / "reproduce").glob("*.yaml"))
+RECIPES = sorted((ROOT / "configs" / "reproduce").rglob("*.yaml"))  # ablations/ included
 ENV_RECIPES = [path for path in RECIPES if path.stem != "common"]
 
 
-@pytest.mark.parametrize("path", ENV_RECIPES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", ENV_RECIPES, ids=lambda p: p.relative_to(ROOT / "configs" / "reproduce").as_posix())
 def test_every_shipped_recipe_resolves_and_its_methods_share_start_and_budget(path):
     recipe = load_recipe(path)
     assert recipe.methods and "sft" in recipe.methods
@@ -224,7 +224,7 @@ def test_bad_command_lines_are_one_line_errors(tmp_path, capsys):
         assert message in err and "\n" not in err
 
 
-@pytest.mark.parametrize("path", ENV_RECIPES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", ENV_RECIPES, ids=lambda p: p.relative_to(ROOT / "configs" / "reproduce").as_posix())
 def test_each_recipe_renders_its_env_at_the_size_its_tiny_model_is_aligned_at(path):
     from gflowvlm.model.env_alignment import recipe_image_size
 

@@ -167,6 +167,31 @@ def test_a_killed_grid_redoes_only_unfinished_cells(tmp_path, tiny_vlm_dir, monk
     assert {c["method"] for c in results["cells"]} == {"random", "oracle", "sft", "subtb-off"}
 
 
+def test_jobs_run_seeds_in_worker_processes_and_the_parent_publishes_all(tmp_path, tiny_vlm_dir, capsys):
+    out = tmp_path / "grid"
+    for seed in (0, 1):
+        place_model(out, tiny_vlm_dir, seed)
+    argv = ["reproduce", "--recipe", str(tiny_recipe(tmp_path)), "--out", str(out), "--methods", "sft",
+            "--seeds", "0,1", "--jobs", "2"]
+    assert cli_main(argv) == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    assert {(c["method"], c["seed"]) for c in results["cells"]} == {
+        (m, s) for m in ("random", "oracle", "sft") for s in (0, 1)}
+    assert (out / "worker-0.log").is_file() and (out / "worker-1.log").is_file()
+    # Two workers on this machine's cores: each cell records the thread count it ran with, and so does results.json.
+    threads = {json.loads((out / f"seed{s}" / "sft" / "cell.json").read_text())["torch_threads"] for s in (0, 1)}
+    assert len(threads) == 1 and results["threads"]["torch_threads"] == threads.pop()
+    assert "--jobs 2" in results["command"]
+
+
+def test_a_worker_command_line_keeps_everything_but_seeds_and_jobs():
+    from gflowvlm.commands.reproduce import worker_argv
+
+    argv = ["--recipe", "r.yaml", "--out", "d", "--seeds", "0,1,2", "--jobs=2", "--quick", "budget.env_steps=9"]
+    assert worker_argv(argv, [0, 2]) == ["--recipe", "r.yaml", "--out", "d", "--quick", "budget.env_steps=9",
+                                         "--seeds", "0,2", "--worker"]
+
+
 def known_results() -> dict:
     cells = []
     for seed, (sft, subtb) in enumerate([(0.5, 0.8), (0.6, 0.9), (0.7, 1.0)]):
@@ -211,7 +236,7 @@ def test_the_recipe_alignment_target_reaches_make_tiny_model(tmp_path, monkeypat
     with pytest.raises(UserError):
         runner.build_tiny_model(recipe, tmp_path / "m", 3)
     argv = seen[0]
-    assert argv[argv.index("--align-target") + 1] == "0.95" and argv[argv.index("--align-steps") + 1] == "1200"
+    assert argv[argv.index("--align-target") + 1] == "0.95" and argv[argv.index("--align-steps") + 1] == "1000"
     assert argv[argv.index("--seed") + 1] == "3"
 
 
@@ -219,7 +244,8 @@ def test_bad_command_lines_are_one_line_errors(tmp_path, capsys):
     recipe = str(ROOT / "configs" / "reproduce" / "numberline.yaml")
     afile = _write(tmp_path / "file", "x")
     for argv, message in [(["--seeds", "0,x"], "--seeds"), (["--methods", "sft,nope"], "unknown method 'nope'"),
-                          (["--out", str(afile)], "is a file")]:
+                          (["--out", str(afile)], "is a file"),
+                          (["--jobs", "0"], "--jobs must be at least 1")]:
         args = ["reproduce", "--recipe", recipe, "--out", str(tmp_path / "o"), *argv]
         if argv[0] == "--out":
             args = ["reproduce", "--recipe", recipe, *argv]

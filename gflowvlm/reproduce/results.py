@@ -105,13 +105,18 @@ def aggregate(cells: Sequence[dict], method: str, split: str, key: str = "succes
             "seeds": [c["seed"] for c in chosen]}
 
 
-def _thread_settings() -> dict[str, Any]:
-    """The thread count changes the numbers (gflowvlm/threads.py): a rerun that must match uses the same."""
+def _thread_settings(records: Sequence[dict] = ()) -> dict[str, Any]:
+    """The thread count changes the numbers (gflowvlm/threads.py): a rerun that must match uses the same.
+
+    Each cell records the count it ran with (workers of `--jobs` may differ from the publishing process); a cell
+    written before cells recorded it counts as this process's."""
     import os
 
     import torch
 
-    return {"torch_threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+    counts = sorted({int(record.get("torch_threads") or torch.get_num_threads()) for record in records})
+    threads: int | list[int] = counts[0] if len(counts) == 1 else (counts or torch.get_num_threads())
+    return {"torch_threads": threads, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 
 def git_commit(directory: str | Path | None = None) -> str:

@@ -83,9 +83,15 @@ def run_cell(recipe: Recipe, out: Path, cell: Cell, log: Callable[[str], None]) 
         env_steps, curve = _training_record(run_dir)
     record = {"env": recipe.env.id, "method": cell.method, "seed": cell.seed, "env_steps": env_steps,
               "seconds": time.perf_counter() - started, "evaluations": evaluations, "curve": curve,
-              "seed_stages_seconds": stage_seconds}
+              "seed_stages_seconds": stage_seconds, "torch_threads": _torch_threads()}
     write_json(record, directory / CELL_FILE)
     return record
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()  # a cell's numbers depend on it (gflowvlm/threads.py)
 
 
 # ----- per seed: the model that sees, its SFT data --------------------------------------------------------------

@@ -185,11 +185,11 @@ def _pyplot():
     return plt
 
 
-def style_curve_axis(axis, title: str) -> None:
-    """Success (%) against environment steps, the look every training-curve plot shares."""
+def style_curve_axis(axis, title: str, ylabel: str = "success rate (%)") -> None:
+    """A rate (%) against environment steps, the look every training-curve plot shares."""
     axis.set_title(title)
     axis.set_xlabel("environment steps")
-    axis.set_ylabel("success rate (%)")
+    axis.set_ylabel(ylabel)
     axis.set_ylim(-2, 102)
     axis.grid(alpha=0.3)
     axis.legend(fontsize="small")

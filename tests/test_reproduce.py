@@ -240,6 +240,29 @@ def test_the_recipe_alignment_target_reaches_make_tiny_model(tmp_path, monkeypat
     assert argv[argv.index("--seed") + 1] == "3"
 
 
+def test_training_curves_plot_success_and_parse_rate_and_skip_missing_values(tmp_path):
+    from gflowvlm.reproduce.report import plot_curves
+
+    results = known_results()
+    results["curves"] = {"subtb-off": {"0": [[10, 0.5, 0.9], [20, 0.6, None], [30, 0.7, 0.4]],
+                                       "1": [[10, 0.4], [20, 0.5]]},  # a cell written before the parse column
+                         "sft": {"0": [[0, 0.0, None], [1, 0.0, None]]}}
+    assert plot_curves(results, tmp_path / "success.png") and (tmp_path / "success.png").stat().st_size > 0
+    assert plot_curves(results, tmp_path / "parse.png", column=2) and (tmp_path / "parse.png").stat().st_size > 0
+    results["curves"] = {"sft": {"0": [[0, 0.0, None], [1, 0.0, None]]}}
+    assert not plot_curves(results, tmp_path / "none.png", column=2) and not (tmp_path / "none.png").exists()
+
+
+def test_a_cell_reads_its_curve_from_the_run_log(tmp_path):
+    run = tmp_path / "cell" / "run"
+    run.mkdir(parents=True)
+    lines = [{"step": 1, "env_steps": 30, "success_rate": 0.5, "parse_rate": 0.75},
+             {"step": 2, "env_steps": 61, "success_rate": 0.25}]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n{torn")
+    (tmp_path / "cell" / "cell.json").write_text(json.dumps({"evaluations": {}, "curve": [[1, 1.0]]}))
+    assert runner.load_cell(tmp_path / "cell")["curve"] == [[30, 0.5, 0.75], [61, 0.25, None]]
+
+
 def test_bad_command_lines_are_one_line_errors(tmp_path, capsys):
     recipe = str(ROOT / "configs" / "reproduce" / "numberline.yaml")
     afile = _write(tmp_path / "file", "x")

@@ -135,28 +135,38 @@ def _budget_used(cells: Sequence[dict]) -> dict[str, float]:
 
 
 # ----- plots ----------------------------------------------------------------------------------------------------
-def plot_curves(results: dict, path: Path, points: int = 50) -> bool:
-    """Training success vs environment steps per method: the mean over seeds and a band from min to max."""
+CURVE_COLUMNS = {1: "training success", 2: "training parse rate"}  # columns of results.json's curves after env steps
+
+
+def plot_curves(results: dict, path: Path, points: int = 50, column: int = 1) -> bool:
+    """Training success (column 1) or parse rate (column 2) vs environment steps per method: the mean over seeds
+    and a band from min to max. Iterations without the column's value (None, or an older two-column curve) are
+    left out."""
     import numpy as np
 
-    curves = {m: c for m, c in (results.get("curves") or {}).items()
-              if any(len(curve) >= 2 for curve in c.values())}
+    def usable(curve) -> np.ndarray:
+        rows = np.asarray([row[:column + 1] for row in curve if len(row) > column], dtype=float)
+        rows = rows.reshape(-1, column + 1)
+        return rows[np.isfinite(rows[:, column])] if len(rows) else rows
+
+    curves = {m: [c for c in (usable(curve) for curve in per_seed.values()) if len(c) >= 2]
+              for m, per_seed in (results.get("curves") or {}).items()}
+    curves = {m: c for m, c in curves.items() if c}
     if not curves:
         return False
     plt = _pyplot()
     labels = results.get("method_labels", {})
     figure, axis = plt.subplots(figsize=(7.5, 4.6))
     for method in [m for m in row_order(results) if m in curves]:
-        per_seed = [np.asarray(curve, dtype=float) for curve in curves[method].values() if len(curve) >= 2]
-        if not per_seed:
-            continue
+        per_seed = curves[method]
         end = min(curve[-1, 0] for curve in per_seed)
         grid = np.linspace(max(curve[0, 0] for curve in per_seed), end, points)
-        values = np.stack([np.interp(grid, curve[:, 0], _ema(curve[:, 1])) for curve in per_seed]) * 100
+        values = np.stack([np.interp(grid, curve[:, 0], _ema(curve[:, column])) for curve in per_seed]) * 100
         line, = axis.plot(grid, values.mean(0), linewidth=2, label=labels.get(method, method))
         if len(per_seed) > 1:
             axis.fill_between(grid, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
-    style_curve_axis(axis, f"{env_name(results['env'])}: training success (EMA 0.6; band: min-max over seeds)")
+    style_curve_axis(axis, f"{env_name(results['env'])}: {CURVE_COLUMNS[column]} (EMA 0.6; band: min-max over "
+                           "seeds)", ylabel=f"{CURVE_COLUMNS[column]} (%)")
     save_figure(plt, figure, path)
     return True
 
@@ -199,12 +209,16 @@ def plot_bars(results: dict, path: Path) -> bool:
 
 
 def write_report(results: dict[str, Any], out: Path) -> list[Path]:
-    """report.md, success_curves.png, success_by_split.png into `out`; returns what was written."""
+    """report.md, success_curves.png, parse_rate_curves.png, success_by_split.png into `out`; returns what was
+    written."""
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "report.md"]
     (out / "report.md").write_text(markdown(results), encoding="utf-8")
     if plot_curves(results, out / "success_curves.png"):
         written.append(out / "success_curves.png")
+    # Where the online methods lose the response format, this shows when (the fallback chooses from then on).
+    if plot_curves(results, out / "parse_rate_curves.png", column=2):
+        written.append(out / "parse_rate_curves.png")
     if plot_bars(results, out / "success_by_split.png"):
         written.append(out / "success_by_split.png")
     return written

@@ -193,7 +193,8 @@ def _ensure_sft(recipe: Recipe, out: Path, seed: int, log: Callable[[str], None]
 
 
 def _training_record(run_dir: Path) -> tuple[int, list[list[float]]]:
-    """(environment steps at the end, [[env steps, training success rate], ...]) from metrics.jsonl."""
+    """(environment steps at the end, [[env steps, training success rate, training parse rate], ...]) from
+    metrics.jsonl; the parse rate is None where an iteration did not log one (SFT collects nothing)."""
     env_steps, curve = 0, []
     path = run_dir / "metrics.jsonl"
     if path.is_file():
@@ -204,9 +205,10 @@ def _training_record(run_dir: Path) -> tuple[int, list[list[float]]]:
                 continue
             if isinstance(record, dict) and isinstance(record.get("env_steps"), (int, float)):
                 env_steps = int(record["env_steps"])
-                rate = record.get("success_rate")
+                rate, parsed = record.get("success_rate"), record.get("parse_rate")
                 if isinstance(rate, (int, float)):
-                    curve.append([env_steps, float(rate)])
+                    curve.append([env_steps, float(rate),
+                                  float(parsed) if isinstance(parsed, (int, float)) else None])
     return env_steps, curve
 
 
@@ -268,6 +270,9 @@ def load_cell(directory: Path) -> dict:
         raise UserError(f"{path} is unreadable: delete it to rerun the cell") from None
     if not isinstance(record, dict) or not isinstance(record.get("evaluations"), dict):
         raise UserError(f"{path} is not a cell record: delete it to rerun the cell")
+    run_dir = directory / "run"
+    if (run_dir / "metrics.jsonl").is_file():  # the curve is derived data: read it afresh from the run's log
+        record["curve"] = _training_record(run_dir)[1]
     return record
 
 

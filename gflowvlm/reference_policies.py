@@ -24,18 +24,22 @@ def answer_nothing(prompts: Sequence[Prompt], seed: int) -> list[str]:
 
 
 def evaluate_random(run_config: RunConfig, split: str, episodes: int, seed: int = 0,
-                    max_steps: int | None = None, num_envs: int | None = None) -> dict[str, Any]:
-    """Success etc. of the uniformly random admissible-action policy on the evaluation tasks of `seed`."""
-    result = evaluate(answer_nothing, run_config, split, episodes, 1, seed, num_envs=num_envs, unparseable="random",
-                      max_steps=max_steps, greedy=False)
+                    max_steps: int | None = None, num_envs: int | None = None,
+                    samples_per_task: int = 1) -> dict[str, Any]:
+    """Success etc. of the uniformly random admissible-action policy on the evaluation tasks of `seed`
+    (`samples_per_task` = K > 1: K episodes per task, and Div@K)."""
+    result = evaluate(answer_nothing, run_config, split, episodes, samples_per_task, seed, num_envs=num_envs,
+                      unparseable="random", max_steps=max_steps, greedy=False)
     result["settings"]["policy"] = "random"
     return result
 
 
 def evaluate_oracle(run_config: RunConfig, split: str, episodes: int, seed: int = 0,
-                    max_steps: int | None = None, strategy: str | None = None) -> dict[str, Any]:
-    """The env's expert on the same evaluation tasks (same task seeds as `evaluate`)."""
-    config = evaluation_config(run_config, split, 1, seed, episodes, max_steps=max_steps)
+                    max_steps: int | None = None, strategy: str | None = None,
+                    samples_per_task: int = 1) -> dict[str, Any]:
+    """The env's expert on the same evaluation tasks (same task seeds as `evaluate`); with `samples_per_task` = K,
+    each task is played K times and Div@K measured (1 for an expert that always plays the same way)."""
+    config = evaluation_config(run_config, split, samples_per_task, seed, episodes, max_steps=max_steps)
     env_config = config.env
     kwargs = dict(env_config.kwargs)
     if strategy:
@@ -45,13 +49,14 @@ def evaluate_oracle(run_config: RunConfig, split: str, episodes: int, seed: int 
     builder = PromptBuilder(env_config.id, config.prompt)
     try:
         records = [EpisodeRecord.from_trajectory(play_expert(env, builder, task_seed, index, env_config.id), index)
-                   for index, task_seed in enumerate(task_seeds(seed, episodes))]
+                   for index, task_seed in enumerate(task_seeds(seed, episodes // samples_per_task))
+                   for _ in range(samples_per_task)]
         horizon = env.unwrapped.max_steps
     finally:
         env.close()
-    result = summarize(records, 1)
-    result["settings"] = {"env": env_config.id, "split": split, "seed": seed, "episodes": episodes,
-                          "samples_per_task": 1, "policy": "oracle", "expert_strategy": strategy,
+    result = summarize(records, samples_per_task)
+    result["settings"] = {"env": env_config.id, "split": split, "seed": seed, "episodes": len(records),
+                          "samples_per_task": samples_per_task, "policy": "oracle", "expert_strategy": strategy,
                           "reward": env_config.reward, "image_size": env_config.image_size, "max_steps": horizon,
                           "env_kwargs": dict(env_config.kwargs)}
     return result

@@ -12,7 +12,7 @@ from gflowvlm.config_schema import ConfigError
 from gflowvlm.reproduce import runner
 from gflowvlm.reproduce.recipe import load_recipe
 from gflowvlm.reproduce.report import markdown
-from gflowvlm.reproduce.results import CELL_KEYS
+from gflowvlm.reproduce.results import CELL_KEYS, cell_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "configs" / "reproduce").rglob("*.yaml"))  # ablations/ included
@@ -261,6 +261,26 @@ def test_a_cell_reads_its_curve_from_the_run_log(tmp_path):
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n{torn")
     (tmp_path / "cell" / "cell.json").write_text(json.dumps({"evaluations": {}, "curve": [[1, 1.0]]}))
     assert runner.load_cell(tmp_path / "cell")["curve"] == [[30, 0.5, 0.75], [61, 0.25, None]]
+
+
+def test_reference_rows_get_div_at_k_on_the_models_protocol(tmp_path):
+    recipe = load_recipe(tiny_recipe(tmp_path), overrides=["evaluation.diversity_k=4",
+                                                           "evaluation.diversity_tasks=6"])
+    for method in ("random", "oracle"):
+        directory = tmp_path / method
+        directory.mkdir()
+        results = runner._reference_evaluations(recipe, runner.Cell(0, method), directory)
+        for split in ("id", "ood"):
+            diversity = results[split]["diversity"]
+            assert diversity["samples_per_task"] == 4 and diversity["episodes"] == 24
+            assert (directory / f"div_{split}.json").is_file()
+        rows = {row["split"]: row for row in cell_rows({"env": "e", "method": method, "seed": 0, "seconds": 1,
+                                                        "evaluations": results})}
+        assert rows["id"]["k"] == 4
+        if method == "oracle":  # NumberLine's expert plays a task one way only: one distinct solution per task
+            assert rows["id"]["div_at_k"] == 1.0 and rows["ood"]["div_at_k"] == 1.0
+        else:  # random walks that reach the target rarely repeat each other
+            assert rows["id"]["div_at_k"] is not None and rows["id"]["div_at_k"] > 1.0
 
 
 def test_bad_command_lines_are_one_line_errors(tmp_path, capsys):

@@ -241,24 +241,34 @@ def _model_evaluations(recipe: Recipe, cell: Cell, run_dir: Path, directory: Pat
 
 
 def _reference_evaluations(recipe: Recipe, cell: Cell, directory: Path) -> dict[str, dict]:
-    from gflowvlm.reference_policies import evaluate_oracle, evaluate_random
-
     spec = recipe.evaluation
     results = {}
     for split in spec.splits:
         target = directory / f"eval_{split}.json"
+        config = recipe.shared_config()
+        config.env.kwargs.update(spec.env_kwargs.get(split) or {})
         if not target.is_file():
-            config = recipe.shared_config()
-            config.env.kwargs.update(spec.env_kwargs.get(split) or {})
-            if cell.method == "random":
-                result = evaluate_random(config, split, spec.episodes, cell.seed, spec.max_steps.get(split),
-                                         num_envs=spec.num_envs)
-            else:
-                result = evaluate_oracle(config, split, spec.episodes, cell.seed, spec.max_steps.get(split),
-                                         strategy=recipe.expert_strategy)
-            write_json(result, target)
-        results[split] = json.loads(target.read_text(encoding="utf-8"))
+            write_json(_reference_result(recipe, cell, config, split), target)
+        result = json.loads(target.read_text(encoding="utf-8"))
+        if spec.diversity_k:  # the same Div@K protocol as the models': K episodes of each of diversity_tasks tasks
+            div_target = directory / f"div_{split}.json"
+            if not div_target.is_file():
+                write_json(_reference_result(recipe, cell, config, split, spec.diversity_k), div_target)
+            result["diversity"] = json.loads(div_target.read_text(encoding="utf-8"))
+        results[split] = result
     return results
+
+
+def _reference_result(recipe: Recipe, cell: Cell, config, split: str, k: int = 1) -> dict:
+    from gflowvlm.reference_policies import evaluate_oracle, evaluate_random
+
+    spec = recipe.evaluation
+    episodes = spec.episodes if k == 1 else k * spec.diversity_tasks
+    if cell.method == "random":
+        return evaluate_random(config, split, episodes, cell.seed, spec.max_steps.get(split),
+                               num_envs=max(k, spec.num_envs // k * k), samples_per_task=k)
+    return evaluate_oracle(config, split, episodes, cell.seed, spec.max_steps.get(split),
+                           strategy=recipe.expert_strategy, samples_per_task=k)
 
 
 # ----- files --------------------------------------------------------------------------------------------------

@@ -253,6 +253,19 @@ def test_training_curves_plot_success_and_parse_rate_and_skip_missing_values(tmp
     assert not plot_curves(results, tmp_path / "none.png", column=2) and not (tmp_path / "none.png").exists()
 
 
+def test_sample_efficiency_is_the_first_step_the_smoothed_success_reaches_the_threshold():
+    from gflowvlm.reproduce.report import steps_to_threshold
+
+    # EMA 0.6 with debiasing: 0.0, then 0.625 (1.0 after 0.0), then 0.816 (>= 0.8 at 300 env steps).
+    assert steps_to_threshold([[100, 0.0], [200, 1.0, 0.9], [300, 1.0], [400, 1.0]], 0.8) == 300.0
+    assert steps_to_threshold([[100, 0.5], [200, 0.5]], 0.8) is None and steps_to_threshold([], 0.8) is None
+    results = known_results()
+    results["evaluation"]["success_threshold"] = 0.8
+    results["curves"] = {"subtb-off": {"0": [[100, 0.0], [200, 1.0], [300, 1.0]], "1": [[100, 0.0], [200, 0.1]],
+                                       "2": [[100, 1.0], [500, 1.0]]}}
+    assert ("first reaches 80%: GFlowVLM SubTB off-policy 200 (2/3 seeds)." in markdown(results))
+
+
 def test_a_cell_reads_its_curve_from_the_run_log(tmp_path):
     run = tmp_path / "cell" / "run"
     run.mkdir(parents=True)

@@ -75,6 +75,7 @@ class EvaluationSpec:
     env_kwargs: dict[str, dict] = field(default_factory=dict)  # split -> extra env options for its evaluation
     unparseable: str = "random"
     protocol: str = ""  # one line for the report: why this horizon / these episodes
+    success_threshold: float = 0.8  # the report's sample efficiency: env steps until training success reaches it
 
 
 @dataclass
@@ -200,6 +201,7 @@ def _check_specs(path, tiny: TinyModelSpec, sft_data: SFTDataSpec, budget: Budge
         (evaluation.num_envs >= 1, "evaluation.num_envs must be >= 1"),
         (evaluation.diversity_k == 0 or evaluation.diversity_k >= 2, "evaluation.diversity_k must be 0 or >= 2"),
         (evaluation.diversity_tasks >= 1, "evaluation.diversity_tasks must be >= 1"),
+        (0.0 < evaluation.success_threshold <= 1.0, "evaluation.success_threshold must be in (0, 1]"),
         (evaluation.diversity_temperature > 0, "evaluation.diversity_temperature must be > 0 (Div@K samples)"),
         (evaluation.unparseable in ("random", "illegal"), "evaluation.unparseable must be random or illegal"),
         (all(isinstance(v, int) and v >= 1 for v in evaluation.max_steps.values()),

@@ -98,12 +98,49 @@ def markdown(results: dict) -> str:
     if env_steps:
         notes.append("Environment steps used (mean over seeds): " + ", ".join(
             f"{labels.get(m, m)} {v:,.0f}" for m, v in env_steps.items()) + ".")
+    efficiency = _efficiency_line(results)
+    if efficiency:
+        notes.append(efficiency)
     if results.get("alignment"):
         notes.append(_alignment_line(results["alignment"]))
     if results.get("cell_seconds_total") is not None:
         notes.append(f"Compute: {results['cell_seconds_total'] / 60:.1f} min of cell time in all (tiny models, SFT "
                      f"data, training and evaluation; threads: {results.get('threads', {}).get('torch_threads')}).")
     return "\n".join(notes) + "\n"
+
+
+def steps_to_threshold(curve, threshold: float, weight: float = 0.6) -> float | None:
+    """Environment steps at the first iteration whose smoothed training success (the plotted EMA) reaches
+    `threshold`; None if it never does. `curve`: [[env steps, success, ...], ...]."""
+    rows = [row for row in curve if len(row) >= 2 and row[1] is not None]
+    if not rows:
+        return None
+    for row, value in zip(rows, _ema(row[1] for row in rows)):
+        if value >= threshold:
+            return float(row[0])
+    return None
+
+
+def _efficiency_line(results: dict) -> str | None:
+    """Sample efficiency, the papers' SubTB-vs-TB claim: env steps until training success first reaches the
+    threshold, the mean over the seeds that reached it, and how many did."""
+    threshold = (results.get("evaluation") or {}).get("success_threshold")
+    if not threshold:  # a results.json from before the threshold existed
+        return None
+    curves = results.get("curves") or {}
+    labels = results.get("method_labels", {})
+    parts = []
+    for method in [m for m in row_order(results) if curves.get(m)]:
+        per_seed = [steps_to_threshold(curve, threshold) for curve in curves[method].values()]
+        reached = [steps for steps in per_seed if steps is not None]
+        if not any(len(curve) >= 2 for curve in curves[method].values()):
+            continue  # SFT: no on-policy steps
+        mean = f"{sum(reached) / len(reached):,.0f}" if reached else "never"
+        parts.append(f"{labels.get(method, method)} {mean} ({len(reached)}/{len(per_seed)} seeds)")
+    if not parts:
+        return None
+    return (f"Environment steps until the training success (EMA 0.6) first reaches {100 * threshold:.0f}%: "
+            + ", ".join(parts) + ".")
 
 
 def _alignment_line(alignment: dict) -> str:

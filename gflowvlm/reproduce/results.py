@@ -61,7 +61,8 @@ def build_results(recipe, records: Sequence[dict], command: str, methods: Sequen
                        "env_kwargs": recipe.evaluation.env_kwargs,
                        "diversity_k": recipe.evaluation.diversity_k,
                        "diversity_tasks": recipe.evaluation.diversity_tasks,
-                       "unparseable": recipe.evaluation.unparseable, "protocol": recipe.evaluation.protocol},
+                       "unparseable": recipe.evaluation.unparseable, "protocol": recipe.evaluation.protocol,
+                       "success_threshold": recipe.evaluation.success_threshold},
         "expert_strategy": recipe.expert_strategy,
         "threads": _thread_settings(),
         # Cell time (tiny model, SFT data, training and evaluation), summed: the grid's compute on this machine.

@@ -59,8 +59,10 @@ def run_grid(recipe: Recipe, out: Path, seeds: Sequence[int], methods: Sequence[
         seconds = time.perf_counter() - started
         spent.append(seconds)
         left = len(todo) - number
-        # Reference rows take seconds and model cells minutes: the estimate averages model cells only.
-        model_cells = [s for s, c in zip(spent, todo) if c.method not in REFERENCE_ROWS] or spent
+        # Reference rows take seconds and model cells minutes: the estimate averages model cells only, and leaves
+        # out SFT cells (they carry the seed's tiny model and SFT data) once another method has finished.
+        model_cells = ([s for s, c in zip(spent, todo) if c.method not in (*REFERENCE_ROWS, SFT_METHOD)]
+                       or [s for s, c in zip(spent, todo) if c.method not in REFERENCE_ROWS] or spent)
         remaining = sum(1 for c in todo[number:] if c.method not in REFERENCE_ROWS) * (sum(model_cells) /
                                                                                      len(model_cells))
         log(f"[{len(cells) - len(todo) + number}/{len(cells)}] {recipe.name} seed {cell.seed} {cell.method}: "

@@ -129,6 +129,7 @@ def test_one_cell_runs_end_to_end_and_writes_results_report_and_plots(tmp_path, 
     assert results["alignment"]["0"]["per_env"] == {"gflowvlm/NumberLine-v0": 0.96875}
     assert "Tiny VLM held-out exact captions (target 95%): seed 0 96.9% after 450 steps." in report
     assert results["cell_seconds_total"] > 0 and "min of cell time" in report
+    assert results["cell_commits"] == [results["commit"]]  # every cell records the commit it ran at
     assert results["commit"] in report and (out / "success_by_split.png").stat().st_size > 0
     for method in ("random", "subtb-off"):  # the OOD protocol reaches the model's and the reference rows' envs
         folder = out / "seed0" / method / ("run" if method != "random" else "")
@@ -264,6 +265,9 @@ def test_sample_efficiency_is_the_first_step_the_smoothed_success_reaches_the_th
     results["curves"] = {"subtb-off": {"0": [[100, 0.0], [200, 1.0], [300, 1.0]], "1": [[100, 0.0], [200, 0.1]],
                                        "2": [[100, 1.0], [500, 1.0]]}}
     assert ("first reaches 80%: GFlowVLM SubTB off-policy 200 (2/3 seeds)." in markdown(results))
+    assert "The cells ran at" not in markdown(results)
+    results["cell_commits"] = ["abc123", "def456"]  # cells from two commits: the report says so
+    assert "The cells ran at `abc123`, `def456`." in markdown(results)
 
 
 def test_a_cell_reads_its_curve_from_the_run_log(tmp_path):

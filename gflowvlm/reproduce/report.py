@@ -91,7 +91,9 @@ def markdown(results: dict) -> str:
     if evaluation.get("protocol"):
         notes += ["", f"Protocol: {evaluation['protocol']}"]
     notes += ["", "\n".join(lines), "",
-              f"Commit `{results['commit']}`; command `{results['command']}`; recipe `{results['recipe']}`.",
+              f"Commit `{results['commit']}`; command `{results['command']}`; recipe `{results['recipe']}`."
+              + (f" The cells ran at {', '.join(f'`{c}`' for c in results['cell_commits'])}."
+                 if results.get("cell_commits") and results["cell_commits"] != [results["commit"]] else ""),
               "Every number above is computed from `results.json` in this folder (one row per method, seed and "
               "split)."]
     env_steps = _budget_used(cells)

@@ -49,7 +49,8 @@ def build_results(recipe, records: Sequence[dict], command: str, methods: Sequen
             curves.setdefault(record["method"], {})[str(record["seed"])] = record["curve"]
     return {
         "recipe": recipe.path,
-        "commit": git_commit(),
+        "commit": git_commit(),  # of the process that wrote this file; each cell's own is in cell_commits
+        "cell_commits": sorted({str(record["commit"]) for record in records if record.get("commit")}),
         "command": command,
         "env": recipe.env.id,
         "seeds": list(seeds),

@@ -27,6 +27,7 @@ from typing import Any
 from gflowvlm.cli import UserError
 from gflowvlm.evaluation import write_json
 from gflowvlm.reproduce.recipe import REFERENCE_ROWS, SFT_METHOD, Recipe
+from gflowvlm.reproduce.results import git_commit
 
 CELL_FILE = "cell.json"
 
@@ -85,7 +86,7 @@ def run_cell(recipe: Recipe, out: Path, cell: Cell, log: Callable[[str], None]) 
         env_steps, curve = _training_record(run_dir)
     record = {"env": recipe.env.id, "method": cell.method, "seed": cell.seed, "env_steps": env_steps,
               "seconds": time.perf_counter() - started, "evaluations": evaluations, "curve": curve,
-              "seed_stages_seconds": stage_seconds, "torch_threads": _torch_threads()}
+              "seed_stages_seconds": stage_seconds, "torch_threads": _torch_threads(), "commit": git_commit()}
     write_json(record, directory / CELL_FILE)
     return record
 

@@ -130,6 +130,10 @@ def test_one_cell_runs_end_to_end_and_writes_results_report_and_plots(tmp_path, 
     assert "Tiny VLM held-out exact captions (target 95%): seed 0 96.9% after 450 steps." in report
     assert results["cell_seconds_total"] > 0 and "min of cell time" in report
     assert results["cell_commits"] == [results["commit"]]  # every cell records the commit it ran at
+    assert cli_main(["reproduce", "--recipe", str(tiny_recipe(tmp_path)), "--out", str(out), "--methods",
+                     "sft,subtb-off", "--report-only"]) == 0
+    rerendered = json.loads((out / "results.json").read_text())
+    assert rerendered["cells"] == cells and "--report-only" not in rerendered["command"]  # what regenerates them
     assert results["commit"] in report and (out / "success_by_split.png").stat().st_size > 0
     for method in ("random", "subtb-off"):  # the OOD protocol reaches the model's and the reference rows' envs
         folder = out / "seed0" / method / ("run" if method != "random" else "")

@@ -141,10 +141,12 @@ def main(argv: list[str]) -> int:
     make_env(recipe.env.id, image_size=recipe.env.image_size, **recipe.env.kwargs).close()  # fail before training
     from gflowvlm.evaluation import write_json
     from gflowvlm.reproduce.report import write_report
-    from gflowvlm.reproduce.results import build_results
+    from gflowvlm.reproduce.results import build_results, git_commit
     from gflowvlm.reproduce.runner import alignment_summary, grid, load_cell, run_grid
 
-    command = "gflowvlm reproduce " + shlex.join(argv)  # what regenerates these results
+    git_commit()  # read now, while the tree is the one this process imported (it is cached for the run)
+    # What regenerates these results: the command without --report-only (which only re-renders them).
+    command = "gflowvlm reproduce " + shlex.join([item for item in argv if item != "--report-only"])
 
     def publish() -> None:
         cells = [cell for cell in grid(recipe, seeds, methods) if (cell.directory(out) / "cell.json").is_file()]

@@ -9,6 +9,7 @@ a row here, and a results.json from another machine renders the same report.
 """
 from __future__ import annotations
 
+import functools
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -121,8 +122,12 @@ def _thread_settings(records: Sequence[dict] = ()) -> dict[str, Any]:
     return {"torch_threads": threads, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 
+@functools.lru_cache(maxsize=None)
 def git_commit(directory: str | Path | None = None) -> str:
-    """The commit the code ran at (+ "-dirty" when the tree had uncommitted changes), or "unknown"."""
+    """The commit the code ran at (+ "-dirty" when the tree had uncommitted changes), or "unknown".
+
+    Read once per process: the code a process runs is the code it imported at its start, whatever is committed
+    or edited while it runs (a long grid outlives many commits)."""
     where = Path(directory) if directory else Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,

@@ -50,6 +50,7 @@ def run_grid(recipe: Recipe, out: Path, seeds: Sequence[int], methods: Sequence[
              on_cell_done: Callable[[], None] = lambda: None, log: Callable[[str], None] = print) -> list[dict]:
     """Run every unfinished cell; returns the cell records (finished ones, in grid order)."""
     cells = grid(recipe, seeds, methods)
+    git_commit()  # now, before any cell: the commit of the code this process imported (cached)
     todo = [cell for cell in cells if not (cell.directory(out) / CELL_FILE).is_file()]
     log(f"{recipe.name}: {len(cells)} cells ({len(seeds)} seeds x {len(methods)} methods + random, oracle), "
         f"{len(cells) - len(todo)} already done")

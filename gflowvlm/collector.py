@@ -44,11 +44,18 @@ class Collector:
                         max_steps=env_config.max_steps, **{**env_config.kwargs, **extra})
 
     def task_seeds(self, iteration: int) -> list[int]:
-        """The reset seed of each episode of a round: K consecutive episodes share a task."""
-        k = self.config.collect.trajectories_per_task
-        episodes = self.config.collect.episodes or self.num_envs
-        return [stream_seed(Stream.TASK_RESET, self.config.seed, self.rank, iteration, index // k)
-                for index in range(episodes)]
+        """The reset seed of each episode of a round: K consecutive episodes share a task. With collect.task_pool =
+        N, each group's task is one of N fixed tasks (the same N on every rank), drawn per group."""
+        collect = self.config.collect
+        k = collect.trajectories_per_task
+        episodes = collect.episodes or self.num_envs
+        if not collect.task_pool:
+            return [stream_seed(Stream.TASK_RESET, self.config.seed, self.rank, iteration, index // k)
+                    for index in range(episodes)]
+        # Pool tasks sit at iteration -1 of rank 0, which no fresh task ever uses.
+        pool = [stream_seed(Stream.TASK_RESET, self.config.seed, 0, -1, j) for j in range(collect.task_pool)]
+        return [pool[stream_seed(Stream.TASK_POOL, self.config.seed, self.rank, iteration, index // k)
+                     % collect.task_pool] for index in range(episodes)]
 
     def collect(self, generate: GenerateFn, iteration: int, seeds: Sequence[int] | None = None,
                 epsilon: float | None = None, unparseable: str | None = None) -> list[Trajectory]:

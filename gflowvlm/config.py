@@ -80,6 +80,10 @@ class CollectConfig:
     replay_size: int = 0  # per-task top-k replay buffer (the paper uses 4); 0 = on-policy only
     replay_tasks: int = 256  # tasks kept in the buffer (least recently added evicted first)
     replay_samples: int = 0  # replayed trajectories mixed into each update
+    # 0: every task group of every round is a fresh task. N > 0: groups draw their task from N fixed tasks, the same
+    # deals again and again. An env that seeds its randomness at reset (Blackjack's cards) then has deterministic
+    # transitions per task, the setting trajectory balance with P_B = 1 assumes (see results/README.md).
+    task_pool: int = 0
     # The share of responses naming an admissible action, averaged over 5 iterations: warn below the first, stop
     # the run below the second (0: never stop). See gflowvlm/parse_watch.py.
     warn_below_parse_rate: float = 0.2
@@ -209,6 +213,7 @@ FIELD_BOUNDS: dict[str, Bound] = {
     "collect.trajectories_per_task": POSITIVE, "collect.episodes": NON_NEGATIVE, "collect.epsilon": UNIT,
     "collect.replay_size": NON_NEGATIVE,
     "collect.warn_below_parse_rate": UNIT, "collect.stop_below_parse_rate": UNIT, "collect.replay_tasks": POSITIVE, "collect.replay_samples": NON_NEGATIVE,
+    "collect.task_pool": NON_NEGATIVE,
     "objective.lam": POSITIVE, "objective.cot_weight": NON_NEGATIVE, "objective.reward_beta": POSITIVE,
     "objective.min_log_reward": ANY, "objective.max_nonfinite_steps": POSITIVE,
     "ppo.cot_weight": NON_NEGATIVE, "ppo.gamma": UNIT, "ppo.gae_lambda": UNIT, "ppo.clip": POSITIVE,

@@ -57,6 +57,38 @@ def test_tasks_are_shared_by_k_samples_and_reproducible():
     assert other_rank.task_seeds(3) != seeds  # each rank rolls its own tasks
 
 
+def test_a_task_pool_replays_the_same_fixed_tasks_and_never_a_fresh_one():
+    pooled = Collector(config(**{"collect.task_pool": 3, "collect.trajectories_per_task": 2}))
+    rounds = [pooled.task_seeds(iteration) for iteration in range(40)]
+    used = {seed for seeds in rounds for seed in seeds}
+    assert len(used) == 3  # every group of every round plays one of the 3 fixed tasks, all of them in time
+    assert all(seeds[0] == seeds[1] and seeds[2] == seeds[3] for seeds in rounds)  # K samples share the task
+    fresh = Collector(config(**{"collect.trajectories_per_task": 2}))
+    assert not used & {seed for iteration in range(40) for seed in fresh.task_seeds(iteration)}
+    assert Collector(config(**{"collect.task_pool": 3}), rank=1).task_seeds(0)[0] in used  # one pool on all ranks
+
+
+def test_blackjack_transitions_are_deterministic_per_task_seed():
+    """What a task pool buys on Blackjack: the same task seed and the same actions give the same cards."""
+    import gymnasium
+
+    import envs  # noqa: F401
+
+    def play(seed):
+        env = gymnasium.make("gflowvlm/Blackjack-v0", image_size=32)
+        texts = [env.reset(seed=seed)[0]["text"]]
+        for _ in range(3):
+            observation, _, terminated, truncated, _ = env.step("hit")
+            texts.append(observation["text"])
+            if terminated or truncated:
+                break
+        env.close()
+        return texts
+
+    assert play(12345) == play(12345)
+    assert len({tuple(play(seed)) for seed in range(20)}) > 10  # other deals: other cards
+
+
 def test_unparseable_fallbacks_and_exploration():
     garbage = lambda prompts, seed: ["I am not JSON"] * len(prompts)  # noqa: E731
     random_fallback = Collector(config()).collect(garbage, 0, unparseable="random")

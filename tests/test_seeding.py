@@ -22,6 +22,7 @@ def round_seeds(seed: int, rank: int, iteration: int) -> dict[tuple, int]:
     seeds.update({("generation", s): stream_seed(Stream.GENERATION, seed, rank, iteration, s) for s in range(STEPS)})
     for stream in (Stream.EXPLORATION, Stream.REPLAY, Stream.PPO_MINIBATCH):
         seeds[(stream.name,)] = stream_seed(stream, seed, rank, iteration)
+    seeds.update({("pool choice", g): stream_seed(Stream.TASK_POOL, seed, rank, iteration, g) for g in range(64)})
     return seeds
 
 
@@ -44,7 +45,7 @@ def test_every_seed_of_many_rounds_is_distinct():
 def test_the_distinctness_check_covers_every_stream():
     """A new Stream must join the check above: the streams it draws are exactly the enum's members."""
     drawn = {Stream.TASK_RESET, Stream.GENERATION, Stream.EXPLORATION, Stream.REPLAY, Stream.PPO_MINIBATCH,
-             Stream.SFT_ORDER, Stream.EVAL_TASK}
+             Stream.SFT_ORDER, Stream.EVAL_TASK, Stream.TASK_POOL}
     assert drawn == set(Stream)
     assert len({stream.value for stream in Stream}) == len(Stream)  # no two purposes hash the same name
 

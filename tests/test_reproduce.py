@@ -264,6 +264,7 @@ def test_sample_efficiency_is_the_first_step_the_smoothed_success_reaches_the_th
     # EMA 0.6 with debiasing: 0.0, then 0.625 (1.0 after 0.0), then 0.816 (>= 0.8 at 300 env steps).
     assert steps_to_threshold([[100, 0.0], [200, 1.0, 0.9], [300, 1.0], [400, 1.0]], 0.8) == 300.0
     assert steps_to_threshold([[100, 0.5], [200, 0.5]], 0.8) is None and steps_to_threshold([], 0.8) is None
+    assert steps_to_threshold([[100, 0.0], [200, 1.0]], 0.8, weight=0.0) == 200.0  # the weight is the one used
     results = known_results()
     results["evaluation"]["success_threshold"] = 0.8
     results["curves"] = {"subtb-off": {"0": [[100, 0.0], [200, 1.0], [300, 1.0]], "1": [[100, 0.0], [200, 0.1]],

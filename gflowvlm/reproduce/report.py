@@ -111,13 +111,16 @@ def markdown(results: dict) -> str:
     return "\n".join(notes) + "\n"
 
 
-def steps_to_threshold(curve, threshold: float, weight: float = 0.6) -> float | None:
+CURVE_EMA = 0.6  # the smoothing of every training curve: the plots and the sample-efficiency line read the same
+
+
+def steps_to_threshold(curve, threshold: float, weight: float = CURVE_EMA) -> float | None:
     """Environment steps at the first iteration whose smoothed training success (the plotted EMA) reaches
     `threshold`; None if it never does. `curve`: [[env steps, success, ...], ...]."""
     rows = [row for row in curve if len(row) >= 2 and row[1] is not None]
     if not rows:
         return None
-    for row, value in zip(rows, _ema(row[1] for row in rows)):
+    for row, value in zip(rows, _ema((row[1] for row in rows), weight)):
         if value >= threshold:
             return float(row[0])
     return None
@@ -133,15 +136,15 @@ def _efficiency_line(results: dict) -> str | None:
     labels = results.get("method_labels", {})
     parts = []
     for method in [m for m in row_order(results) if curves.get(m)]:
-        per_seed = [steps_to_threshold(curve, threshold) for curve in curves[method].values()]
-        reached = [steps for steps in per_seed if steps is not None]
         if not any(len(curve) >= 2 for curve in curves[method].values()):
             continue  # SFT: no on-policy steps
+        per_seed = [steps_to_threshold(curve, threshold) for curve in curves[method].values()]
+        reached = [steps for steps in per_seed if steps is not None]
         mean = f"{sum(reached) / len(reached):,.0f}" if reached else "never"
         parts.append(f"{labels.get(method, method)} {mean} ({len(reached)}/{len(per_seed)} seeds)")
     if not parts:
         return None
-    return (f"Environment steps until the training success (EMA 0.6) first reaches {100 * threshold:.0f}%: "
+    return (f"Environment steps until the training success (EMA {CURVE_EMA}) first reaches {100 * threshold:.0f}%: "
             + ", ".join(parts) + ".")
 
 
@@ -204,13 +207,13 @@ def plot_curves(results: dict, path: Path, points: int = 50, column: int = 1) ->
         line, = axis.plot(grid, values.mean(0), linewidth=2, label=labels.get(method, method))
         if len(per_seed) > 1:
             axis.fill_between(grid, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
-    style_curve_axis(axis, f"{env_name(results['env'])}: {CURVE_COLUMNS[column]} (EMA 0.6; band: min-max over "
+    style_curve_axis(axis, f"{env_name(results['env'])}: {CURVE_COLUMNS[column]} (EMA {CURVE_EMA}; band: min-max over "
                            "seeds)", ylabel=f"{CURVE_COLUMNS[column]} (%)")
     save_figure(plt, figure, path)
     return True
 
 
-def _ema(values, weight: float = 0.6):
+def _ema(values, weight: float = CURVE_EMA):
     from gflowvlm.report import smooth
 
     return smooth(list(values), weight)

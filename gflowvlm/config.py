@@ -121,6 +121,20 @@ class SFTConfig:
 
 
 @dataclass
+class AnchorConfig:
+    """An SFT anchor for the online methods: coef * the SFT loss on oracle responses, added to every optimizer step.
+
+    It holds the response text near the oracle's (the tiny VLM has no language prior to keep its JSON together), the
+    way InstructGPT's PPO-ptx mixes the pre-training loss in. The same setting applies to every method it is given
+    to, so a comparison stays fair. [DONE] records are left out: their probabilities are the flows SubTB and DB
+    learn, which an anchor must not pin.
+    """
+    coef: float = 0.0  # 0 = off
+    data: str = ""  # a JSONL file from `gflowvlm make-sft-data` (normally the SFT start's own data)
+    batch_size: int = 16  # records per anchor forward (one per optimizer step)
+
+
+@dataclass
 class OptimConfig:
     lr: float = 1e-4  # adapters
     head_lr: float = 1e-2  # log Z / flow / value heads learn faster (torchgfn recommends 0.1 for log Z)
@@ -165,6 +179,7 @@ class RunConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    anchor: AnchorConfig = field(default_factory=AnchorConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -218,6 +233,7 @@ FIELD_BOUNDS: dict[str, Bound] = {
     "objective.min_log_reward": ANY, "objective.max_nonfinite_steps": POSITIVE,
     "ppo.cot_weight": NON_NEGATIVE, "ppo.gamma": UNIT, "ppo.gae_lambda": UNIT, "ppo.clip": POSITIVE,
     "ppo.epochs": POSITIVE, "ppo.minibatch_size": POSITIVE, "ppo.value_coef": NON_NEGATIVE,
+    "anchor.coef": NON_NEGATIVE, "anchor.batch_size": POSITIVE,
     "optim.lr": POSITIVE, "optim.head_lr": POSITIVE, "optim.weight_decay": NON_NEGATIVE,
     "optim.min_lr": NON_NEGATIVE, "optim.warmup_steps": NON_NEGATIVE, "optim.cosine_period": POSITIVE,
     "optim.grad_clip": NON_NEGATIVE,  # 0 = no clipping
@@ -265,6 +281,10 @@ def validate(config: RunConfig) -> None:
         raise ConfigError("vartb needs collect.trajectories_per_task >= 2 (the variance is over samples of a task)")
     if config.algorithm == "sft" and not config.sft.data:
         raise ConfigError("sft needs sft.data (a JSONL file from `gflowvlm make-sft-data`)")
+    if config.anchor.coef > 0 and config.algorithm == "sft":
+        raise ConfigError("anchor.coef > 0 is for the online methods; sft already trains on its data")
+    if config.anchor.coef > 0 and not config.anchor.data:
+        raise ConfigError("anchor.coef > 0 needs anchor.data (a JSONL file from `gflowvlm make-sft-data`)")
     if config.collect.replay_samples and not config.collect.replay_size:
         raise ConfigError("collect.replay_samples > 0 needs collect.replay_size > 0 (there is no buffer to replay)")
     for tracker in config.logging.trackers:
@@ -292,6 +312,8 @@ def check_run_paths(config: RunConfig) -> None:
     if config.algorithm == "sft":
         if not Path(config.sft.data).is_file():
             raise ConfigError(f"sft.data: file not found: {config.sft.data} (write it with `gflowvlm make-sft-data`)")
+    if config.anchor.coef > 0 and not Path(config.anchor.data).is_file():
+        raise ConfigError(f"anchor.data: file not found: {config.anchor.data} (write it with `gflowvlm make-sft-data`)")
     if config.model.init_from:
         if not Path(config.model.init_from).is_dir():
             raise ConfigError(f"model.init_from: adapter directory not found: {config.model.init_from}")
@@ -307,6 +329,6 @@ def replace(config: RunConfig, **changes: Any) -> RunConfig:
 
 __all__ = [
     "ALGORITHMS", "ConfigError", "RunConfig", "ModelConfig", "GenerationConfig", "PromptConfig", "EnvConfig",
-    "CollectConfig", "ObjectiveConfig", "PPOConfig", "SFTConfig", "OptimConfig", "LoggingConfig",
+    "CollectConfig", "ObjectiveConfig", "PPOConfig", "SFTConfig", "AnchorConfig", "OptimConfig", "LoggingConfig",
     "load_config", "validate", "check_fields", "check_run_paths", "FIELD_BOUNDS", "config_to_dict",
 ]

@@ -34,6 +34,7 @@ class Stream(enum.Enum):
     PPO_MINIBATCH = "ppo-minibatch"  # PPO: minibatch order of one update (rank, iteration)
     SFT_ORDER = "sft-order"  # SFT: permutation of the data in one epoch (epoch); the same on every rank
     EVAL_TASK = "eval-task"  # evaluation: reset seed of evaluation task `index` (index)
+    ANCHOR = "anchor"  # online methods: the SFT-anchor records of one optimizer step (rank, iteration, index)
     TASK_POOL = "task-pool"  # collector: which of collect.task_pool fixed tasks a group plays (rank, iteration, group)
 
 

@@ -23,6 +23,7 @@ def round_seeds(seed: int, rank: int, iteration: int) -> dict[tuple, int]:
     for stream in (Stream.EXPLORATION, Stream.REPLAY, Stream.PPO_MINIBATCH):
         seeds[(stream.name,)] = stream_seed(stream, seed, rank, iteration)
     seeds.update({("pool choice", g): stream_seed(Stream.TASK_POOL, seed, rank, iteration, g) for g in range(64)})
+    seeds.update({("anchor", i): stream_seed(Stream.ANCHOR, seed, rank, iteration, i) for i in range(16)})
     return seeds
 
 
@@ -45,7 +46,7 @@ def test_every_seed_of_many_rounds_is_distinct():
 def test_the_distinctness_check_covers_every_stream():
     """A new Stream must join the check above: the streams it draws are exactly the enum's members."""
     drawn = {Stream.TASK_RESET, Stream.GENERATION, Stream.EXPLORATION, Stream.REPLAY, Stream.PPO_MINIBATCH,
-             Stream.SFT_ORDER, Stream.EVAL_TASK, Stream.TASK_POOL}
+             Stream.SFT_ORDER, Stream.EVAL_TASK, Stream.TASK_POOL, Stream.ANCHOR}
     assert drawn == set(Stream)
     assert len({stream.value for stream in Stream}) == len(Stream)  # no two purposes hash the same name
 

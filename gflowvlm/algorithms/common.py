@@ -1,11 +1,15 @@
-"""Pieces the algorithms share: generation through the policy, rollout statistics, safe backward."""
+"""Pieces the algorithms share: generation through the policy, rollout statistics, safe backward, the SFT loss and
+the SFT anchor of the online methods."""
 from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 
+from gflowvlm.seeding import Stream, stream_seed
+from gflowvlm.sft_data import load_prompt, read_sft_data
 from gflowvlm.trajectory import Trajectory
 
 
@@ -54,3 +58,48 @@ def backward(trainer, loss: torch.Tensor, scale: float) -> bool:
     zero = sum((p * 0).sum() for p in trainer.model.parameters() if p.requires_grad)
     trainer.accelerator.backward(zero)
     return False
+
+
+def response_nll(trainer, records: Sequence[dict]):
+    """(mean negative log-likelihood per response token of `records`' responses, token count, ScoreOutput): the
+    SFT loss, action and CoT tokens alike, through the same scoring forward as every algorithm's."""
+    prompts = [load_prompt(record) for record in records]
+    responses = [record["response"] for record in records]
+    out = trainer.model(trainer.policy.prepare_batch(prompts, responses), cot_weight=1.0)
+    tokens = (out.action_tokens + out.cot_tokens).sum().clamp(min=1)
+    return -(out.action_logp + out.cot_logp).sum() / tokens, tokens, out
+
+
+class SFTAnchor:
+    """`anchor.coef` * the SFT loss on `anchor.batch_size` records of `anchor.data`, backpropagated once per
+    optimizer step of an online method (see config.AnchorConfig for why; [DONE] records are left out).
+
+    `backward(iteration, index)` runs before the step's synchronised backward, under no_sync: its gradient then
+    joins the step's all-reduce like an accumulated micro-batch, and DDP never sees a backward that leaves the
+    heads without a gradient. The records come from a seeded stream of (rank, iteration, index), so a resumed run
+    draws what an uninterrupted one would. Off (coef 0), it reads nothing and costs nothing.
+    """
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.coef = trainer.config.anchor.coef
+        self.records = []
+        if self.coef > 0:
+            self.records = [r for r in read_sft_data(trainer.config.anchor.data) if not r.get("done")]
+            if not self.records:
+                from gflowvlm.cli import UserError  # deferred like every library module's
+                raise UserError(f"anchor.data {trainer.config.anchor.data} holds only [DONE] records")
+
+    def backward(self, iteration: int, index: int = 0) -> dict[str, float]:
+        """Backpropagate the anchor of optimizer step (iteration, index); {"anchor_loss": ...} or {} when off."""
+        if not self.records:
+            return {}
+        trainer, config = self.trainer, self.trainer.config
+        rng = np.random.default_rng(stream_seed(Stream.ANCHOR, config.seed, trainer.accelerator.process_index,
+                                                iteration, index))
+        size = config.anchor.batch_size
+        picks = rng.choice(len(self.records), size=size, replace=size > len(self.records))
+        with sync_context(trainer, False):
+            loss, _, _ = response_nll(trainer, [self.records[int(i)] for i in picks])
+            backward(trainer, loss, self.coef)
+        return {"anchor_loss": float(loss.detach())}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import time
 
-from gflowvlm.algorithms.common import backward, make_generate, rollout_metrics, sync_context
+from gflowvlm.algorithms.common import SFTAnchor, backward, make_generate, rollout_metrics, sync_context
 from gflowvlm.collector import Collector
 from gflowvlm.gflownet_loss import chunk_by_group, gflownet_loss
 from gflowvlm.replay_buffer import ReplayBuffer
@@ -24,13 +24,14 @@ class GFlowNet:
                                    count_tokens=trainer.policy.count_tokens)
         self.replay = ReplayBuffer(config.collect.replay_size, config.collect.replay_tasks)
         self.generate = make_generate(trainer)
+        self.anchor = SFTAnchor(trainer)
         self.last_trajectories = []
 
     def update(self, iteration: int) -> dict[str, float]:
         trainer, config = self.trainer, self.trainer.config
         trainer.model.eval()  # dropout off: the scored distribution must be the sampled one
         seconds = {"collect": 0.0, "score_update": 0.0}
-        metrics: dict[str, float] = {}
+        metrics: dict[str, float] = self.anchor.backward(iteration)
         finite = True
         for micro in range(config.optim.grad_accum):
             started = time.perf_counter()

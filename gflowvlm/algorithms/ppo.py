@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from gflowvlm.algorithms.common import backward, make_generate, rollout_metrics, sync_context
+from gflowvlm.algorithms.common import SFTAnchor, backward, make_generate, rollout_metrics, sync_context
 from gflowvlm.collector import Collector
 from gflowvlm.seeding import Stream, stream_seed
 
@@ -50,6 +50,7 @@ class PPO:
         self.collector = Collector(trainer.config, rank=trainer.accelerator.process_index,
                                    count_tokens=trainer.policy.count_tokens)
         self.generate = make_generate(trainer)
+        self.anchor = SFTAnchor(trainer)
 
     @torch.no_grad()
     def _score(self, prompts, responses):
@@ -110,6 +111,7 @@ class PPO:
                 index = order[m * ppo.minibatch_size:(m + 1) * ppo.minibatch_size]
                 prompts = [steps[i].prompt for i in index]
                 responses = [steps[i].response for i in index]
+                anchor = self.anchor.backward(iteration, epoch * minibatches + m)
                 with sync_context(trainer, True):
                     out = trainer.model(trainer.policy.prepare_batch(prompts, responses), cot_weight=ppo.cot_weight)
                     new_logp = out.log_pf.float()
@@ -127,6 +129,8 @@ class PPO:
                 totals["loss"] += float(loss.detach())
                 totals["policy_loss"] += float(policy_loss.detach())
                 totals["value_loss"] += float(value_loss.detach())
+                for key, value in anchor.items():
+                    totals[key] = totals.get(key, 0.0) + value
                 count += 1
         return {key: value / count for key, value in totals.items()}
 

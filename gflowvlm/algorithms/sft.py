@@ -10,9 +10,9 @@ import time
 
 import numpy as np
 
-from gflowvlm.algorithms.common import backward, sync_context
+from gflowvlm.algorithms.common import backward, response_nll, sync_context
 from gflowvlm.seeding import Stream, stream_seed
-from gflowvlm.sft_data import load_prompt, read_sft_data
+from gflowvlm.sft_data import read_sft_data
 
 
 class SFT:
@@ -37,12 +37,8 @@ class SFT:
         trainer.model.train()
         started = time.perf_counter()
         records = [self.records[i] for i in self.batch_indices(iteration)]
-        prompts = [load_prompt(record) for record in records]
-        responses = [record["response"] for record in records]
         with sync_context(trainer, True):
-            out = trainer.model(trainer.policy.prepare_batch(prompts, responses), cot_weight=1.0)
-            tokens = (out.action_tokens + out.cot_tokens).sum().clamp(min=1)
-            loss = -(out.action_logp + out.cot_logp).sum() / tokens
+            loss, tokens, out = response_nll(trainer, records)
             finite = backward(trainer, loss, 1.0)
         stepped = trainer.optimizer_step(finite)
         done = [i for i, record in enumerate(records) if record.get("done")]

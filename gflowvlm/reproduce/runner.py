@@ -174,7 +174,9 @@ def _train(recipe: Recipe, out: Path, cell: Cell, log: Callable[[str], None]) ->
                    "model": {"name_or_path": str(seed_dir / "tiny-vlm")}}
     else:
         sft_final = _ensure_sft(recipe, out, cell.seed, log)
-        harness = {"model": {"name_or_path": str(sft_final)}, "max_env_steps": recipe.budget.env_steps}
+        # The SFT anchor (when a method sets anchor.coef) holds the text to the start's own SFT data.
+        harness = {"model": {"name_or_path": str(sft_final)}, "max_env_steps": recipe.budget.env_steps,
+                   "anchor": {"data": str(sft_data_path(out, cell.seed))}}
     run_dir = run_directory(out, cell.seed, cell.method)
     config = recipe.run_config(cell.method, harness, output_dir=str(run_dir), seed=cell.seed)
     if (run_dir / "final").is_dir():

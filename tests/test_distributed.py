@@ -10,11 +10,17 @@ import pytest
 HELPER = Path(__file__).parent / "helpers" / "distributed_train.py"
 
 
-@pytest.mark.parametrize("algorithm", ["subtb", "ppo"])
-def test_two_ranks_stay_identical_and_gather_metrics(tiny_vlm_dir, tmp_path, algorithm):
+@pytest.mark.parametrize("algorithm, anchored", [("subtb", False), ("ppo", False), ("subtb", True)])
+def test_two_ranks_stay_identical_and_gather_metrics(tiny_vlm_dir, tmp_path, algorithm, anchored):
     out = tmp_path / algorithm
-    overrides = [f"algorithm={algorithm}", f"model.name_or_path={tiny_vlm_dir}", f"output_dir={out}", "steps=3",
-                 "env.num_envs=2", "env.max_steps=3", "generation.max_new_tokens=16", "logging.progress=false",
+    anchor = []
+    if anchored:  # the SFT anchor's backward runs under no_sync before the synced one: the ranks must still agree
+        from gflowvlm.sft_data import write_sft_data
+
+        data = write_sft_data("gflowvlm/NumberLine-v0", tmp_path / "sft.jsonl", 12, image_size=64, progress=False)
+        anchor = ["anchor.coef=0.5", f"anchor.data={data}", "anchor.batch_size=2"]
+    overrides = [*anchor, f"algorithm={algorithm}", f"model.name_or_path={tiny_vlm_dir}", f"output_dir={out}",
+                 "steps=3", "env.num_envs=2", "env.max_steps=3", "generation.max_new_tokens=16", "logging.progress=false",
                  "model.lora_r=4", "model.head_hidden=[32]", "optim.lr=1e-2", "prompt.max_history_steps=2",
                  "ppo.minibatch_size=2", "ppo.epochs=1", "env.reward=rl4vlm" if algorithm == "ppo" else "seed=0"]
     accelerate = Path(sys.executable).with_name("accelerate")
@@ -32,4 +38,5 @@ def test_two_ranks_stay_identical_and_gather_metrics(tiny_vlm_dir, tmp_path, alg
     assert ranks[0]["total_env_steps"] == ranks[0]["local_env_steps"] + ranks[1]["local_env_steps"]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
+    assert all(("anchor_loss" in r) == anchored for r in records)
     assert ranks[0]["params"] != ranks[0]["initial_params"]  # and they did train

@@ -11,19 +11,22 @@ episodes of the same task.
 
 One update = one rollout (K episodes of each task, played to their ends) + `grpo.epochs` passes over its steps in
 minibatches of `grpo.minibatch_size` steps, one optimizer step each (PPO's schedule: common.minibatch_schedule).
+The K episodes of a group get one reset seed (Collector.task_seeds: the same start, the same deal) and are sampled
+independently (rows of one batched generation); groups, rounds and ranks get different tasks.
 
-Choices, and why (these are ours: the GFlowVLM paper has no GRPO):
+Choices, and why (these are ours: neither GFlowVLM nor RL4VLM runs GRPO):
 - Outcome supervision over the whole episode: every step shares its episode's advantage, as every token of a GRPO
   completion shares the completion's. Long episodes weigh more (the loss is a mean over steps, as PPO's here).
 - The std is the unbiased one (torch.std, as TRL) plus TRL's epsilon 1e-4. A group whose returns are all equal has
-  advantage exactly 0 (nothing to compare: the std would otherwise turn rounding noise into +-1), and so has a
-  group of one (no other sample; validation asks grpo for K >= 2, so a run only meets it through this function).
+  advantage exactly 0 (nothing to compare: the std would otherwise turn rounding noise into +-1), and so does a
+  group of one (no other sample; a grpo run never has one, since validation asks for K >= 2).
 - RLOO's A = R_i - mean_{j != i} R_j = K/(K-1) (R_i - mean): GRPO's direction with a baseline independent of the
   sample itself. scale_rewards divides it by the group's std too (set it false for the plain RLOO estimator).
 - KL (off by default, as in recent TRL): "starting" means the weights this run started from (model.init_from's SFT
   adapter, or freshly initialised adapters), not the base model, so peft's disable_adapter() would be wrong. A copy
   of the trainable tensors is taken when the algorithm is built, before `Trainer.resume` loads a checkpoint, so a
-  resumed run re-derives exactly the same reference from the config's model (nothing is stored in checkpoints).
+  resumed run re-derives exactly the same reference from the config's model (init_from's file, or adapters made
+  under the run's seed; nothing is stored in checkpoints).
   Once per update the copy is swapped in (no gradient) to score every step's tokens, then swapped back. The
   estimator is k3 per token, exp(ref - new) - (ref - new) - 1 (TRL's), summed over a response with log pi's
   weights (1 on action tokens, lambda on the others): the KL in the units of the policy term. kl_coef = 0 holds no

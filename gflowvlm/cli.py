@@ -12,7 +12,7 @@ import sys
 
 # name -> (module:function taking argv and returning an exit code, one-line help)
 COMMANDS = {
-    "train": ("gflowvlm.commands.train:main", "train with a config (tb, vartb, subtb, db, ppo, sft)"),
+    "train": ("gflowvlm.commands.train:main", "train with a config (tb, vartb, subtb, db, ppo, grpo, sft)"),
     "eval": ("gflowvlm.commands.evaluate:main", "evaluate a checkpoint or model on an environment split"),
     "compare": ("gflowvlm.commands.compare:main", "compare runs: markdown table and PNG plots"),
     "play": ("gflowvlm.commands.play:main", "play episodes with the oracle and save images + transcript"),

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from gflowvlm.config_schema import (ConfigError, apply_overrides, check_output_dir, from_dict, load_composed_yaml,
                                     to_dict)
 
-ALGORITHMS = ("tb", "vartb", "subtb", "db", "ppo", "sft")
+ALGORITHMS = ("tb", "vartb", "subtb", "db", "ppo", "grpo", "sft")
 
 
 @dataclass
@@ -71,7 +71,7 @@ class EnvConfig:
 
 @dataclass
 class CollectConfig:
-    trajectories_per_task: int = 1  # K samples of the same task (same seed): Var-TB groups, Div@K
+    trajectories_per_task: int = 1  # K samples of the same task (same seed): Var-TB and GRPO groups, Div@K
     episodes: int = 0  # episodes per collection round; 0 = one per environment (more refill freed environments)
     epsilon: float = 0.0  # probability of replacing the sampled action by a random admissible one
     unparseable: Literal["random", "illegal"] = "random"  # RL4VLM picks a random action; "illegal" keeps the state
@@ -113,6 +113,20 @@ class PPOConfig:
     minibatch_size: int = 8  # steps per PPO minibatch (each is one optimizer step)
     value_coef: float = 0.5
     normalize_advantages: bool = True
+
+
+@dataclass
+class GRPOConfig:
+    """GRPO / RLOO on whole episodes (gflowvlm/algorithms/grpo.py). Our choices, not a paper's: the papers have no
+    GRPO. The group is collect.trajectories_per_task episodes of one task; the return is the episode's summed
+    env rewards (env.reward as configured)."""
+    cot_weight: float = 0.5  # log pi = log p(action) + cot_weight * log p(CoT), as ppo.cot_weight
+    clip: float = 0.2  # the clipped ratio's epsilon (TRL's default)
+    epochs: int = 2  # passes over each rollout's steps
+    minibatch_size: int = 16  # steps per minibatch (each is one optimizer step)
+    scale_rewards: bool = True  # divide by the group's return std (+ 1e-4); false: centre only (Dr. GRPO)
+    baseline: Literal["mean", "rloo"] = "mean"  # the group mean, or the mean of the OTHER K-1 returns (RLOO)
+    kl_coef: float = 0.0  # weight of the k3 KL to the run's starting weights; 0 = off (recent TRL's default)
 
 
 @dataclass
@@ -160,10 +174,10 @@ class LoggingConfig:
 
 @dataclass
 class RunConfig:
-    algorithm: Literal["tb", "vartb", "subtb", "db", "ppo", "sft"] = "subtb"
+    algorithm: Literal["tb", "vartb", "subtb", "db", "ppo", "grpo", "sft"] = "subtb"
     output_dir: str = "runs/run"
     seed: int = 0
-    steps: int = 100  # optimizer iterations (one collect + update each for tb/subtb/db/ppo)
+    steps: int = 100  # optimizer iterations (one collect + update each for tb/subtb/db/ppo/grpo)
     # Stop once this many on-policy environment steps were collected (an equal budget for every method compared);
     # `steps` stays an upper bound. None: no budget.
     max_env_steps: int | None = None
@@ -178,6 +192,7 @@ class RunConfig:
     collect: CollectConfig = field(default_factory=CollectConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     anchor: AnchorConfig = field(default_factory=AnchorConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -234,6 +249,8 @@ FIELD_BOUNDS: dict[str, Bound] = {
     "ppo.cot_weight": NON_NEGATIVE, "ppo.gamma": UNIT, "ppo.gae_lambda": UNIT, "ppo.clip": POSITIVE,
     "ppo.epochs": POSITIVE, "ppo.minibatch_size": POSITIVE, "ppo.value_coef": NON_NEGATIVE,
     "anchor.coef": NON_NEGATIVE, "anchor.batch_size": POSITIVE,
+    "grpo.cot_weight": NON_NEGATIVE, "grpo.clip": POSITIVE, "grpo.epochs": POSITIVE, "grpo.minibatch_size": POSITIVE,
+    "grpo.kl_coef": NON_NEGATIVE,
     "optim.lr": POSITIVE, "optim.head_lr": POSITIVE, "optim.weight_decay": NON_NEGATIVE,
     "optim.min_lr": NON_NEGATIVE, "optim.warmup_steps": NON_NEGATIVE, "optim.cosine_period": POSITIVE,
     "optim.grad_clip": NON_NEGATIVE,  # 0 = no clipping
@@ -242,7 +259,7 @@ FIELD_BOUNDS: dict[str, Bound] = {
     "logging.sample_every": POSITIVE,
 }
 # Algorithms that sample their own trajectories (everything but sft): temperature 0 cannot sample.
-SAMPLING_ALGORITHMS = ("tb", "vartb", "subtb", "db", "ppo")
+SAMPLING_ALGORITHMS = ("tb", "vartb", "subtb", "db", "ppo", "grpo")
 
 
 def check_fields(section: Any, prefix: str = "") -> None:
@@ -279,6 +296,9 @@ def validate(config: RunConfig) -> None:
                           "give a positive temperature (for greedy decoding evaluate with `gflowvlm eval --greedy`)")
     if config.algorithm == "vartb" and config.collect.trajectories_per_task < 2:
         raise ConfigError("vartb needs collect.trajectories_per_task >= 2 (the variance is over samples of a task)")
+    if config.algorithm == "grpo" and config.collect.trajectories_per_task < 2:
+        raise ConfigError("grpo needs collect.trajectories_per_task >= 2 (each return is compared with the other "
+                          "samples of its task; a group of one has advantage 0 and learns nothing)")
     if config.algorithm == "sft" and not config.sft.data:
         raise ConfigError("sft needs sft.data (a JSONL file from `gflowvlm make-sft-data`)")
     if config.anchor.coef > 0 and config.algorithm == "sft":
@@ -329,6 +349,7 @@ def replace(config: RunConfig, **changes: Any) -> RunConfig:
 
 __all__ = [
     "ALGORITHMS", "ConfigError", "RunConfig", "ModelConfig", "GenerationConfig", "PromptConfig", "EnvConfig",
-    "CollectConfig", "ObjectiveConfig", "PPOConfig", "SFTConfig", "AnchorConfig", "OptimConfig", "LoggingConfig",
+    "CollectConfig", "ObjectiveConfig", "PPOConfig", "GRPOConfig", "SFTConfig", "AnchorConfig", "OptimConfig",
+    "LoggingConfig",
     "load_config", "validate", "check_fields", "check_run_paths", "FIELD_BOUNDS", "config_to_dict",
 ]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ALGORITHM_NAMES = {"tb": "GFlowVLM TB", "vartb": "GFlowVLM Var-TB", "subtb": "GFlowVLM SubTB",
-                   "db": "GFlowVLM DB", "ppo": "RL4VLM (PPO)", "sft": "SFT"}
+                   "db": "GFlowVLM DB", "ppo": "RL4VLM (PPO)", "grpo": "GRPO", "sft": "SFT"}
 GFLOWNET_ALGORITHMS = ("tb", "vartb", "subtb", "db")
 # ALFWorld's task types in the order and with the column names of the papers' tables.
 TASK_TYPE_NAMES = {"pick_and_place_simple": "Pick", "look_at_obj_in_light": "Look",
@@ -48,7 +48,10 @@ class RunResults:
     evals: dict[tuple[str, str], EvalResult] = field(default_factory=dict)  # (env id, split) -> result
 
 
-def method_name(algorithm: str, off_policy: bool) -> str:
+def method_name(algorithm: str, off_policy: bool, grpo_baseline: str | None = None) -> str:
+    """The row name of a run; grpo with grpo.baseline=rloo is the RLOO row (the leave-one-out baseline)."""
+    if algorithm == "grpo" and grpo_baseline == "rloo":
+        return "RLOO"
     name = ALGORITHM_NAMES.get(algorithm, algorithm)
     if algorithm in GFLOWNET_ALGORITHMS:
         name += " off-policy" if off_policy else " on-policy"

@@ -298,6 +298,10 @@ def _make_algorithm(trainer: Trainer):
         from gflowvlm.algorithms.ppo import PPO
 
         return PPO(trainer)
+    if algorithm == "grpo":
+        from gflowvlm.algorithms.grpo import GRPO
+
+        return GRPO(trainer)
     if algorithm == "sft":
         from gflowvlm.algorithms.sft import SFT
 

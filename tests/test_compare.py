@@ -126,6 +126,19 @@ def test_same_method_twice_gets_the_directory_in_its_label(tmp_path, capsys):
     assert "GFlowVLM DB on-policy (seed0)" in printed and "GFlowVLM DB on-policy (seed1)" in printed
 
 
+def test_grpo_and_rloo_runs_are_rows_of_their_own(tmp_path, capsys):
+    grpo = write_run(tmp_path / "nl_grpo", "grpo", NUMBER_LINE, {
+        "eval_NumberLine-v0_id.json": eval_result(NUMBER_LINE, "id", 40, 64)})
+    rloo = write_run(tmp_path / "nl_rloo", "grpo", NUMBER_LINE, {})
+    config = yaml.safe_load((rloo / "config.yaml").read_text())
+    config["grpo"]["baseline"] = "rloo"
+    (rloo / "config.yaml").write_text(yaml.safe_dump(config))
+    ppo = write_run(tmp_path / "nl_ppo", "ppo", NUMBER_LINE, {})
+    assert compare.main([str(grpo), str(rloo), str(ppo), "--out", str(tmp_path / "out")]) == 0
+    rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    assert rows[2:] == ["GRPO", "RLOO", "RL4VLM (PPO)"]
+
+
 def test_smoothing_is_a_debiased_moving_average():
     assert smooth([0.5] * 5, 0.9) == pytest.approx([0.5] * 5)  # no pull towards zero
     assert smooth([0.0, 1.0, 0.0], 0.0) == [0.0, 1.0, 0.0]

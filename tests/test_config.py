@@ -62,7 +62,7 @@ def test_shipped_configs_are_valid():
     files = sorted(glob.glob("configs/tiny/*.yaml") + glob.glob("configs/paper/*.yaml"))
     assert len(files) >= 20
     algorithms = {load_config(f).algorithm for f in files}
-    assert algorithms == {"tb", "vartb", "subtb", "db", "ppo", "sft"}
+    assert algorithms == {"tb", "vartb", "subtb", "db", "ppo", "grpo", "sft"}
 
 
 @pytest.mark.parametrize("args, message", [

@@ -10,7 +10,7 @@ import pytest
 HELPER = Path(__file__).parent / "helpers" / "distributed_train.py"
 
 
-@pytest.mark.parametrize("algorithm, anchored", [("subtb", False), ("ppo", False), ("subtb", True)])
+@pytest.mark.parametrize("algorithm, anchored", [("subtb", False), ("ppo", False), ("grpo", False), ("subtb", True)])
 def test_two_ranks_stay_identical_and_gather_metrics(tiny_vlm_dir, tmp_path, algorithm, anchored):
     out = tmp_path / algorithm
     anchor = []
@@ -22,7 +22,10 @@ def test_two_ranks_stay_identical_and_gather_metrics(tiny_vlm_dir, tmp_path, alg
     overrides = [*anchor, f"algorithm={algorithm}", f"model.name_or_path={tiny_vlm_dir}", f"output_dir={out}",
                  "steps=3", "env.num_envs=2", "env.max_steps=3", "generation.max_new_tokens=16", "logging.progress=false",
                  "model.lora_r=4", "model.head_hidden=[32]", "optim.lr=1e-2", "prompt.max_history_steps=2",
-                 "ppo.minibatch_size=2", "ppo.epochs=1", "env.reward=rl4vlm" if algorithm == "ppo" else "seed=0"]
+                 "ppo.minibatch_size=2", "ppo.epochs=1", "grpo.minibatch_size=2", "grpo.epochs=1",
+                 "env.reward=rl4vlm" if algorithm in ("ppo", "grpo") else "seed=0"]
+    if algorithm == "grpo":  # one task per rank and round, played twice
+        overrides.append("collect.trajectories_per_task=2")
     accelerate = Path(sys.executable).with_name("accelerate")
     command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",

@@ -59,6 +59,8 @@ def test_recipe_mistakes_are_one_line_config_errors(tmp_path):
         "harness key": (f"base: {base}\nmethods: {{ppo: {{max_env_steps: 99}}}}\n", "set by the harness"),
         "no sft": ("env: {id: gflowvlm/NumberLine-v0}\nmethods: {ppo: {algorithm: ppo}}\n", "must include 'sft'"),
         "bad split horizon": (f"base: {base}\nevaluation: {{splits: [id], max_steps: {{ood: 5}}}}\n", "max_steps"),
+        "optional unknown": (f"base: {base}\noptional_methods: [grpo, nope]\n", "optional_methods must list"),
+        "optional sft": (f"base: {base}\noptional_methods: [sft]\n", "optional_methods must list"),
     }
     for name, (text, message) in cases.items():
         with pytest.raises(ConfigError, match=message) as error:
@@ -73,6 +75,24 @@ def test_a_method_can_be_removed_and_composed(tmp_path):
     assert "db" not in recipe.methods and "db-off" not in recipe.methods
     config = recipe.run_config("subtb-l9", output_dir="x")
     assert config.objective.lam == 0.9 and config.algorithm == "subtb" and config.collect.expert_injection
+
+
+def test_grpo_is_an_optional_row_on_the_same_budget(tmp_path):
+    recipe = load_recipe(ROOT / "configs" / "reproduce" / "numberline.yaml")
+    assert "grpo" in recipe.methods and "grpo" not in recipe.default_methods  # runs only when named
+    assert "ppo" in recipe.default_methods and "subtb-off" in recipe.default_methods
+    budget = recipe.budget.env_steps
+    grpo = recipe.run_config("grpo", {"model": {"name_or_path": "sft/final"}}, output_dir="x", max_env_steps=budget)
+    ppo = recipe.run_config("ppo", {"model": {"name_or_path": "sft/final"}}, output_dir="x", max_env_steps=budget)
+    assert grpo.algorithm == "grpo" and grpo.collect.trajectories_per_task >= 2
+    assert grpo.max_env_steps == ppo.max_env_steps and grpo.env == ppo.env and grpo.optim == ppo.optim
+    from gflowvlm.reproduce.results import method_label
+
+    assert method_label(recipe, "grpo") == "GRPO"
+    # a recipe that drops the row (`grpo: null`) keeps common.yaml's optional list valid
+    base = ROOT / "configs" / "reproduce" / "common.yaml"
+    dropped = load_recipe(_write(tmp_path / "r.yaml", f"base: {base}\nmethods: {{grpo: null}}\n"))
+    assert "grpo" not in dropped.methods
 
 
 def tiny_recipe(tmp_path: Path) -> Path:

@@ -77,6 +77,7 @@ def test_gradient_is_coef_times_the_sft_loss_on_seeded_records_without_done(tiny
 
 @pytest.mark.parametrize("algorithm, extra", [
     ("subtb", ["objective.flow=done"]), ("tb", []), ("ppo", ["ppo.minibatch_size=4", "ppo.epochs=1"]),
+    ("grpo", ["collect.trajectories_per_task=2", "grpo.minibatch_size=4", "grpo.epochs=1"]),
 ])
 def test_online_methods_train_with_the_anchor_and_log_it(tiny_vlm_dir, tmp_path, sft_data, algorithm, extra):
     config = config_for(tiny_vlm_dir, tmp_path, algorithm, "steps=2", "anchor.coef=1.0", f"anchor.data={sft_data}",

@@ -1,8 +1,9 @@
-"""Pieces the algorithms share: generation through the policy, rollout statistics, safe backward, the SFT loss and
-the SFT anchor of the online methods."""
+"""Pieces the algorithms share: generation through the policy, rollout statistics, safe backward, the epochs of
+minibatches of the clipped-ratio methods (PPO, GRPO), the SFT loss and the SFT anchor of the online methods."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 
 import numpy as np
@@ -103,3 +104,21 @@ class SFTAnchor:
             loss, _, _ = response_nll(trainer, [self.records[int(i)] for i in picks])
             backward(trainer, loss, self.coef)
         return {"anchor_loss": float(loss.detach())}
+def minibatch_schedule(trainer, count: int, size: int, epochs: int, seed: int) -> Iterator[tuple[torch.Tensor, bool]]:
+    """(index [size] of items 0..count-1, last) for `epochs` passes over a rollout of `count` steps.
+
+    Every rank must run the same number of synchronised backwards, so an epoch has as many minibatches as the
+    LARGEST rank's rollout needs (gathered when the first minibatch is asked for). Each epoch is a fresh permutation
+    (a generator seeded with `seed`), cycled so every minibatch is full and every step is visited at least once an
+    epoch. `last` marks the update's final minibatch: the optimizer step that also steps the learning-rate schedule.
+    """
+    accelerator = trainer.accelerator
+    local = torch.tensor([count], device=accelerator.device)
+    largest = int(accelerator.gather(local).max().item())
+    minibatches = max(1, math.ceil(largest / size))
+    generator = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        order = torch.randperm(count, generator=generator)
+        order = order.repeat(math.ceil(minibatches * size / count))
+        for m in range(minibatches):
+            yield order[m * size:(m + 1) * size], epoch == epochs - 1 and m == minibatches - 1

@@ -7,12 +7,12 @@ was cut at, since the episode would have gone on.
 """
 from __future__ import annotations
 
-import math
 import time
 
 import torch
 
-from gflowvlm.algorithms.common import SFTAnchor, backward, make_generate, rollout_metrics, sync_context
+from gflowvlm.algorithms.common import (SFTAnchor, backward, make_generate, minibatch_schedule, rollout_metrics,
+                                       sync_context)
 from gflowvlm.collector import Collector
 from gflowvlm.seeding import Stream, stream_seed
 
@@ -94,44 +94,32 @@ class PPO:
 
     def _optimize(self, iteration, steps, advantages, returns, old_logp) -> dict[str, float]:
         trainer, ppo = self.trainer, self.trainer.config.ppo
-        accelerator = trainer.accelerator
-        # Every rank must run the same number of synchronised backwards: size the epoch by the largest rollout.
-        local = torch.tensor([len(steps)], device=accelerator.device)
-        largest = int(accelerator.gather(local).max().item())
-        minibatches = max(1, math.ceil(largest / ppo.minibatch_size))
-        generator = torch.Generator().manual_seed(stream_seed(Stream.PPO_MINIBATCH, trainer.config.seed,
-                                                              accelerator.process_index, iteration))
+        seed = stream_seed(Stream.PPO_MINIBATCH, trainer.config.seed, trainer.accelerator.process_index, iteration)
         totals = {"loss": 0.0, "policy_loss": 0.0, "value_loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0}
         count = 0
-        for epoch in range(ppo.epochs):
-            order = torch.randperm(len(steps), generator=generator)
-            # cycle the permutation so every minibatch is full and every step is visited at least once an epoch
-            order = order.repeat(math.ceil(minibatches * ppo.minibatch_size / len(steps)))
-            for m in range(minibatches):
-                index = order[m * ppo.minibatch_size:(m + 1) * ppo.minibatch_size]
-                prompts = [steps[i].prompt for i in index]
-                responses = [steps[i].response for i in index]
-                anchor = self.anchor.backward(iteration, epoch * minibatches + m)
-                with sync_context(trainer, True):
-                    out = trainer.model(trainer.policy.prepare_batch(prompts, responses), cot_weight=ppo.cot_weight)
-                    new_logp = out.log_pf.float()
-                    values = trainer.policy.head("value", out.hidden).float()
-                    policy_loss = clipped_policy_loss(new_logp, old_logp[index], advantages[index], ppo.clip)
-                    value_loss = torch.nn.functional.mse_loss(values, returns[index])
-                    loss = policy_loss + ppo.value_coef * value_loss
-                    finite = backward(trainer, loss, 1.0)
-                last = epoch == ppo.epochs - 1 and m == minibatches - 1
-                trainer.optimizer_step(finite, schedule=last)
-                with torch.no_grad():
-                    log_ratio = new_logp - old_logp[index]
-                    totals["clip_fraction"] += float(((log_ratio.exp() - 1).abs() > ppo.clip).float().mean())
-                    totals["approx_kl"] += float(((log_ratio.exp() - 1) - log_ratio).mean())
-                totals["loss"] += float(loss.detach())
-                totals["policy_loss"] += float(policy_loss.detach())
-                totals["value_loss"] += float(value_loss.detach())
-                for key, value in anchor.items():
-                    totals[key] = totals.get(key, 0.0) + value
-                count += 1
+        for index, last in minibatch_schedule(trainer, len(steps), ppo.minibatch_size, ppo.epochs, seed):
+            prompts = [steps[i].prompt for i in index]
+            responses = [steps[i].response for i in index]
+            anchor = self.anchor.backward(iteration, count)
+            with sync_context(trainer, True):
+                out = trainer.model(trainer.policy.prepare_batch(prompts, responses), cot_weight=ppo.cot_weight)
+                new_logp = out.log_pf.float()
+                values = trainer.policy.head("value", out.hidden).float()
+                policy_loss = clipped_policy_loss(new_logp, old_logp[index], advantages[index], ppo.clip)
+                value_loss = torch.nn.functional.mse_loss(values, returns[index])
+                loss = policy_loss + ppo.value_coef * value_loss
+                finite = backward(trainer, loss, 1.0)
+            trainer.optimizer_step(finite, schedule=last)
+            with torch.no_grad():
+                log_ratio = new_logp - old_logp[index]
+                totals["clip_fraction"] += float(((log_ratio.exp() - 1).abs() > ppo.clip).float().mean())
+                totals["approx_kl"] += float(((log_ratio.exp() - 1) - log_ratio).mean())
+            totals["loss"] += float(loss.detach())
+            totals["policy_loss"] += float(policy_loss.detach())
+            totals["value_loss"] += float(value_loss.detach())
+            for key, value in anchor.items():
+                totals[key] = totals.get(key, 0.0) + value
+            count += 1
         return {key: value / count for key, value in totals.items()}
 
     def state_dict(self) -> dict:

@@ -65,7 +65,9 @@ def load_run(directory: Path) -> RunResults:
     config = _read_config(directory / "config.yaml")
     collect = config.get("collect") or {}
     off_policy = bool(collect.get("expert_injection")) or bool(collect.get("replay_size"))
-    run = RunResults(directory=directory, label=method_name(config["algorithm"], off_policy),
+    grpo = config.get("grpo")
+    baseline = grpo.get("baseline") if isinstance(grpo, dict) else None
+    run = RunResults(directory=directory, label=method_name(config["algorithm"], off_policy, baseline),
                      algorithm=config["algorithm"], env_id=config["env"]["id"])
     run.curve, run.env_steps = _read_metrics(directory / "metrics.jsonl")
     run.evals = _read_evals(directory)

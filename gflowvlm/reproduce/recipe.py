@@ -14,6 +14,8 @@
       ppo: {like: [lora], algorithm: ppo, ...}
       subtb: {like: [lora, gflownet], algorithm: subtb}
       subtb-off: {like: [subtb, off_policy]}
+    default_methods: null        # what a run without --methods runs; null: every method but the optional ones
+    optional_methods: [grpo]     # rows that run only when --methods (or default_methods) names them
     evaluation: {splits: [id, ood], episodes: 200, ...}
     quick: {...}                 # merged over the recipe by --quick
 
@@ -39,7 +41,7 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 # Keys of a method's run config that the harness owns: every method gets the same start, budget and directories.
 _HARNESS_KEYS = ("output_dir", "max_env_steps", "resume", "overwrite")
 _TOP_KEYS = {"env", "expert_strategy", "seeds", "tiny_model", "sft_data", "budget", "run", "sft", "presets",
-             "methods", "evaluation", "quick", "description", "default_methods"}
+             "methods", "evaluation", "quick", "description", "default_methods", "optional_methods"}
 
 
 @dataclass
@@ -152,7 +154,8 @@ def load_recipe(path: str | Path, quick: bool = False, overrides: list[str] | tu
     common = merge(run, _env_section(env, strategy))
     presets = _mapping(data.get("presets"), "presets", path)
     # `name: null` removes a method a base recipe defines (ALFWorld drops DB).
-    methods_data = {k: v for k, v in _mapping(data.get("methods"), "methods", path).items() if v is not None}
+    declared = _mapping(data.get("methods"), "methods", path)
+    methods_data = {k: v for k, v in declared.items() if v is not None}
     if SFT_METHOD not in methods_data:
         raise ConfigError(f"recipe {path}: methods must include {SFT_METHOD!r} (every method starts from it)")
     resolved_methods: dict[str, dict[str, Any]] = {}
@@ -166,7 +169,12 @@ def load_recipe(path: str | Path, quick: bool = False, overrides: list[str] | tu
     sft_run = merge(common, _mapping(data.get("sft"), "sft", path))
     sft_run["algorithm"] = SFT_METHOD
     methods = {SFT_METHOD: {}, **resolved_methods}
-    default = data.get("default_methods") or list(methods)
+    optional = data.get("optional_methods") or []
+    # A method a recipe removed (`name: null`) may stay listed: common.yaml's list serves every env's recipe.
+    if not isinstance(optional, list) or SFT_METHOD in optional or any(name not in declared for name in optional):
+        raise ConfigError(f"recipe {path}: optional_methods must list methods of the recipe other than "
+                          f"{SFT_METHOD} ({', '.join(resolved_methods)}), got {optional!r}")
+    default = data.get("default_methods") or [name for name in methods if name not in optional]
     if not isinstance(default, list) or any(name not in methods for name in default):
         raise ConfigError(f"recipe {path}: default_methods must list methods of the recipe ({', '.join(methods)}), "
                           f"got {default!r}")

@@ -86,13 +86,14 @@ def method_label(recipe, method: str) -> str:
     data = recipe.methods[method]
     collect = data.get("collect") or {}
     off_policy = bool(collect.get("expert_injection")) or bool(collect.get("replay_size"))
-    name = method_name(data.get("algorithm", "subtb"), off_policy)
+    grpo = data.get("grpo") or {}
+    name = method_name(data.get("algorithm", "subtb"), off_policy, grpo.get("baseline"))
     return name if method in _PLAIN_NAMES.get(data.get("algorithm"), ()) else f"{name} [{method}]"
 
 
 # Recipe keys whose row name alone says everything (no "[key]" suffix needed).
-_PLAIN_NAMES = {"ppo": ("ppo",), "tb": ("tb", "tb-off"), "vartb": ("vartb", "vartb-off"),
-                "subtb": ("subtb", "subtb-off"), "db": ("db", "db-off")}
+_PLAIN_NAMES = {"ppo": ("ppo",), "grpo": ("grpo", "rloo"), "tb": ("tb", "tb-off"),
+                "vartb": ("vartb", "vartb-off"), "subtb": ("subtb", "subtb-off"), "db": ("db", "db-off")}
 
 
 def aggregate(cells: Sequence[dict], method: str, split: str, key: str = "success_rate",

@@ -303,8 +303,6 @@ def validate(config: RunConfig) -> None:
         raise ConfigError("sft needs sft.data (a JSONL file from `gflowvlm make-sft-data`)")
     if config.anchor.coef > 0 and config.algorithm == "sft":
         raise ConfigError("anchor.coef > 0 is for the online methods; sft already trains on its data")
-    if config.anchor.coef > 0 and not config.anchor.data:
-        raise ConfigError("anchor.coef > 0 needs anchor.data (a JSONL file from `gflowvlm make-sft-data`)")
     if config.collect.replay_samples and not config.collect.replay_size:
         raise ConfigError("collect.replay_samples > 0 needs collect.replay_size > 0 (there is no buffer to replay)")
     for tracker in config.logging.trackers:
@@ -332,6 +330,9 @@ def check_run_paths(config: RunConfig) -> None:
     if config.algorithm == "sft":
         if not Path(config.sft.data).is_file():
             raise ConfigError(f"sft.data: file not found: {config.sft.data} (write it with `gflowvlm make-sft-data`)")
+    if config.anchor.coef > 0 and not config.anchor.data:
+        # checked here, not in validate: a reproduction recipe names the anchor and the harness names its data
+        raise ConfigError("anchor.coef > 0 needs anchor.data (a JSONL file from `gflowvlm make-sft-data`)")
     if config.anchor.coef > 0 and not Path(config.anchor.data).is_file():
         raise ConfigError(f"anchor.data: file not found: {config.anchor.data} (write it with `gflowvlm make-sft-data`)")
     if config.model.init_from:

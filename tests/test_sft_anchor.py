@@ -30,7 +30,6 @@ def config_for(tiny_vlm_dir, tmp_path, algorithm, *extra):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["anchor.coef=0.5"], "anchor.coef > 0 needs anchor.data"),
     (["anchor.coef=-1"], "anchor.coef must be >= 0"),
     (["anchor.coef=0.5", "anchor.data=x.jsonl", "anchor.batch_size=0"], "anchor.batch_size must be positive"),
     (["algorithm=sft", "sft.data=x.jsonl", "anchor.coef=0.5", "anchor.data=x.jsonl"], "for the online methods"),
@@ -88,9 +87,13 @@ def test_online_methods_train_with_the_anchor_and_log_it(tiny_vlm_dir, tmp_path,
     assert all(np.isfinite(r["anchor_loss"]) and r["anchor_loss"] > 0 for r in records)
 
 
-def test_a_missing_anchor_file_is_refused_before_the_model_loads(tiny_vlm_dir, tmp_path):
+@pytest.mark.parametrize("data, message", [("", "anchor.coef > 0 needs anchor.data"),
+                                           ("nope.jsonl", "anchor.data: file not found")])
+def test_a_missing_anchor_file_is_refused_before_the_model_loads(tiny_vlm_dir, tmp_path, data, message):
     from gflowvlm.config import check_run_paths
 
-    config = config_for(tiny_vlm_dir, tmp_path, "ppo", "anchor.coef=0.2", f"anchor.data={tmp_path / 'nope.jsonl'}")
-    with pytest.raises(ConfigError, match="anchor.data: file not found"):
+    data = str(tmp_path / data) if data else ""
+    config = config_for(tiny_vlm_dir, tmp_path, "ppo", "anchor.coef=0.2", f"anchor.data={data}")
+    with pytest.raises(ConfigError, match=message) as error:
         check_run_paths(config)
+    assert "\n" not in str(error.value)

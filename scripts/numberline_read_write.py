@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from collections import Counter
 
 ENV_ID = "gflowvlm/NumberLine-v0"
@@ -80,6 +81,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=128, help="caption pairs per split (default 128)")
     parser.add_argument("--seed", type=int, default=12345, help="seeds the caption pairs (default 12345)")
     args = parser.parse_args()
+    from gflowvlm.reproduce.results import git_commit
+
+    print(json.dumps({"commit": git_commit(), "command": " ".join(["scripts/numberline_read_write.py", *sys.argv[1:]])}))
     for model_dir in args.models:
         print(json.dumps({"model": model_dir, "exact_captions": reading(model_dir, args.pairs, args.seed)}))
     for transcript in args.transcripts:

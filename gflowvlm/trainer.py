@@ -51,6 +51,9 @@ class Trainer:
         self.config = config
         self.output_dir = Path(config.output_dir)
         self.resume_from = Path(resume_from) if resume_from is not None else None
+        if launched_with_deepspeed() or (accelerator is not None
+                                         and accelerator.distributed_type == DistributedType.DEEPSPEED):
+            raise UserError(DEEPSPEED_UNSUPPORTED)
         self.accelerator = accelerator or Accelerator(**accelerator_kwargs(config))
         # Before the model loads (minutes for a 7B): one run per output directory, a resume under the run's config.
         run_directory.prepare(config, self.resume_from, self.accelerator.is_main_process)
@@ -290,6 +293,23 @@ def accelerator_kwargs(config: RunConfig) -> dict:
                   project_dir=str(config.output_dir),
                   kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
     return kwargs
+
+
+def launched_with_deepspeed() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+# Found by running zero2.yaml on two CPU ranks (tests/test_launch_configs.py says how far that went): accelerate's
+# prepare refuses a DeepSpeed run without a dataloader unless the micro-batch is set; the LR schedule cannot wrap the
+# ZeRO optimizer; DeepSpeed steps the optimizer in every backward whose gradients are synchronised (accelerate's
+# no_sync does nothing under ZeRO-2/3, and a GFlowNet update runs a backward per scoring chunk), clips with its
+# config's gradient_clipping (accelerator.clip_grad_norm_ does nothing; PPO's 0.01 would become 1.0) and steps even
+# when a rank's loss was non-finite; its ZeRO optimizer state is not a torch one and cannot be written to gflowvlm's
+# checkpoints. Refused before the model loads rather than after hours of training.
+DEEPSPEED_UNSUPPORTED = (
+    "DeepSpeed (configs/accelerate/zero2.yaml, zero3.yaml) is not supported by gflowvlm train: its engine steps the "
+    "optimizer in every backward and clips with its own setting, and its ZeRO optimizer state does not fit "
+    "gflowvlm's checkpoints; launch with configs/accelerate/multi_gpu.yaml (DDP) or fsdp.yaml (sharded) instead")
 
 
 # What resume reads (the per-rank rng / algorithm files are added for each rank): a manifest without one of these

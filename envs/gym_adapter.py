@@ -25,9 +25,11 @@ What the wrapped env becomes (the contract of envs/base.py):
   episode the wrapped env has not terminated. `unfinished="fail"` (default) scores it log R = log 1e-10, the
   floor: illegal replies never change the state, so without it an agent that only stalls would keep its start
   state's return, which in a game that charges every move (CliffWalking, Taxi) beats any real play. With the floor
-  no sequence of illegal replies out-scores the random policy in any env. `unfinished="score"` scores it by its
-  return as it stands, for envs where the episode normally ends at the time limit (CartPole); there standing still
-  must earn nothing;
+  no sequence of illegal replies out-scores the random policy under the gflowvlm reward, in any env.
+  `unfinished="score"` scores it by its return as it stands, for envs where the episode normally ends at the time
+  limit (CartPole); there standing still must earn nothing. Under rl4vlm, illegal replies pay `illegal_reward`
+  each, so set it at or below the worst reward of a legal move (CliffWalking's cliff pays -100) if stalling must
+  never out-earn random play there;
 - success: the wrapped env terminated the episode with a positive reward on its last step (FrozenLake's goal,
   Taxi's drop-off), or `success(env, episode_return)` when given, asked once the wrapped env has terminated;
 - expert: `expert(env, observation)` returns the oracle's action as an index into `action_names` or a name, or a
@@ -234,7 +236,10 @@ class GymAdapterEnv(VLMEnv):
         if "rgb_array" not in modes:  # known before making it (gymnasium would only warn)
             raise GymAdapterError("env_id", f"{self.env_id} has no rgb_array renderer (render modes: {modes})")
         try:
-            inner = gym.make(self._spec, render_mode="rgb_array", **{**self._env_kwargs, **episode_kwargs})
+            # gymnasium's passive checker (which renders twice on a first render) checks the env made at
+            # construction; the same env remade with an episode's options is not checked again on every reset.
+            inner = gym.make(self._spec, render_mode="rgb_array", disable_env_checker=True if episode_kwargs else None,
+                             **{**self._env_kwargs, **episode_kwargs})
         except TypeError as error:
             raise GymAdapterError("env_kwargs", f"{self.env_id} refused them: {' '.join(str(error).split())}") \
                 from None
@@ -396,10 +401,12 @@ def letterbox(frame: np.ndarray, size: int) -> np.ndarray:
     """`frame` padded with black to a square (centred) and resized to size x size."""
     height, width = frame.shape[:2]
     side = max(height, width)
-    square = np.zeros((side, side, 3), dtype=np.uint8)
-    top, left = (side - height) // 2, (side - width) // 2
-    square[top:top + height, left:left + width] = frame
-    image = Image.fromarray(square)
+    if height != width:
+        square = np.zeros((side, side, 3), dtype=np.uint8)
+        top, left = (side - height) // 2, (side - width) // 2
+        square[top:top + height, left:left + width] = frame
+        frame = square
+    image = Image.fromarray(frame)
     if side != size:
         resample = Image.Resampling.BOX if side > size else Image.Resampling.NEAREST
         image = image.resize((size, size), resample=resample)

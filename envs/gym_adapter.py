@@ -43,9 +43,11 @@ What the wrapped env becomes (the contract of envs/base.py):
 
 Every option is checked when the env is made, each mistake one line (`GymAdapterError`, a ValueError, which
 `gflowvlm.env_factory.make_env` turns into the command line's one-line error); `check_options` runs the checks that
-need no env before any model loads. Callables cannot come from a YAML config: register your own id with them,
-`gymnasium.register("my/Lake-v0", entry_point="envs.gym_adapter:GymAdapterEnv", kwargs={...})`, in a module the
-config names as `env.id: my_module:my/Lake-v0`. `envs.frozen_lake` is a worked example.
+need no env before any model loads. Options without callables can come from a config (`env.id: gflowvlm/Gym-v0`,
+the options under `env.kwargs`); callables cannot (a config never names code to run): register your own id with
+them, `gymnasium.register("my/Lake-v0", entry_point="envs.gym_adapter:GymAdapterEnv", kwargs={...})`, in the
+script that then trains (`gflowvlm.cli.main(["train", "--config", FILE, "env.id=my/Lake-v0"])`), as for a VLMEnv
+subclass. `envs.frozen_lake` is a worked example.
 """
 from __future__ import annotations
 

@@ -34,8 +34,9 @@ CONTRACT = ("a gflowvlm env subclasses envs.base.VLMEnv (observations {'image': 
             "registered with gymnasium; see README 'Your own environment'")
 
 
-def make_env(env_id: str, split: str = "id", reward: str = "gflowvlm", image_size: int = 64,
+def make_env(env_id: str, /, split: str = "id", reward: str = "gflowvlm", image_size: int = 64,
              max_steps: int | None = None, **kwargs: Any) -> gym.Env:
+    # env_id is positional-only so that an env's own option of that name reaches it (gflowvlm/Gym-v0's env_id).
     options: dict[str, Any] = dict(kwargs, split=split, reward=reward, image_size=image_size)
     if max_steps is not None:
         options["max_steps"] = max_steps
@@ -97,7 +98,8 @@ def check_env_options(env_id: str, split: str | None = None, kwargs: Mapping[str
     creator = env_creator(env_id, keys["id"])
     if inspect.isclass(creator) and not issubclass(creator, VLMEnv):
         raise UserError(f"{keys['id']}: {env_id} ({creator.__module__}.{creator.__qualname__}) is not a gflowvlm "
-                        f"environment: {CONTRACT}")
+                        f"environment: {CONTRACT}; or, with a Discrete action space and an rgb_array renderer, wrap "
+                        f"it without a subclass: gflowvlm/Gym-v0 with env_id={env_id!r} (envs/gym_adapter.py)")
     # A factory function's result is only known by calling it; its options are still read from its signature.
     names, takes_any = accepted_options(creator)
     own = [name for name in names if name not in FRAMEWORK_OPTIONS and name != "render_mode"]

@@ -219,11 +219,14 @@ def test_without_an_expert_sft_data_and_injection_are_refused(capsys, tmp_path):
     load_config(None, [f"env.id={NO_EXPERT_ID}", "algorithm=tb"])  # on-policy: fine
 
 
-def test_on_policy_training_needs_no_expert(tiny_vlm_dir, tmp_path):
+def test_on_policy_training_needs_no_expert_and_no_code(tiny_vlm_dir, tmp_path):
+    """A config alone (no callables, so no expert) wraps CliffWalking and trains TB on it."""
     from gflowvlm.trainer import Trainer
 
     config = load_config(None, [
-        "algorithm=tb", f"env.id={NO_EXPERT_ID}", "env.image_size=64", "env.num_envs=2", "env.max_steps=3",
+        "algorithm=tb", "env.id=gflowvlm/Gym-v0", "env.kwargs.env_id=CliffWalking-v1",
+        "env.kwargs.action_names=[up,right,down,left]", "env.kwargs.reward_temperature=10",
+        "env.image_size=64", "env.num_envs=2", "env.max_steps=3",
         "steps=2", f"model.name_or_path={tiny_vlm_dir}", f"output_dir={tmp_path}", "generation.max_new_tokens=16",
         "logging.progress=false", "model.lora_r=4", "model.head_hidden=[32]", "prompt.max_history_steps=2"])
     trainer = Trainer(config)
@@ -302,3 +305,5 @@ def test_config_validation_checks_the_adapter_options_before_a_model_loads():
         with pytest.raises(ConfigError) as raised:
             load_config(None, [*base, *overrides])
         assert str(raised.value).startswith(start) and "\n" not in str(raised.value), str(raised.value)
+    with pytest.raises(ConfigError, match=r"wrap it without a subclass: gflowvlm/Gym-v0 with env_id='CartPole-v1'"):
+        load_config(None, ["env.id=CartPole-v1"])  # a plain gymnasium id: the error points at the adapter

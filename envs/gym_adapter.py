@@ -205,9 +205,7 @@ class GymAdapterEnv(VLMEnv):
         self._task = task if task is not None else (
             f"Play the gymnasium game {env_id}. Each step, choose one action: {', '.join(self.action_names)}.")
         self._observation_raw: Any = None
-        self.episode_return = 0.0
-        self._last_reward = 0.0
-        self._terminated = False
+        self.episode_return = 0.0  # the wrapped env's rewards so far (undiscounted)
         self._cut_off = False
         self._succeeded = False
         self._expert_cache: tuple[int, int, str, str] | None = None
@@ -240,7 +238,8 @@ class GymAdapterEnv(VLMEnv):
         try:
             # gymnasium's passive checker (which renders twice on a first render) checks the env made at
             # construction; the same env remade with an episode's options is not checked again on every reset.
-            inner = gym.make(self._spec, render_mode="rgb_array", disable_env_checker=True if episode_kwargs else None,
+            checker = None if not episode_kwargs else True  # None: the spec's default (on)
+            inner = gym.make(self._spec, render_mode="rgb_array", disable_env_checker=checker,
                              **{**self._env_kwargs, **episode_kwargs})
         except TypeError as error:
             raise GymAdapterError("env_kwargs", f"{self.env_id} refused them: {' '.join(str(error).split())}") \
@@ -270,8 +269,8 @@ class GymAdapterEnv(VLMEnv):
         seed = int(self.np_random.integers(2**31 - 1))
         self._observation_raw, _ = self.inner.reset(seed=seed, options=options)
         self.max_steps = self._horizon
-        self.episode_return, self._last_reward = 0.0, 0.0
-        self._terminated = self._cut_off = self._succeeded = False
+        self.episode_return = 0.0
+        self._cut_off = self._succeeded = False
         self._episode += 1
         self._expert_cache = None
         self._frame = None
@@ -291,9 +290,7 @@ class GymAdapterEnv(VLMEnv):
         self._frame = None
         reward = float(reward)
         self.episode_return += reward
-        self._last_reward = reward
         if terminated:
-            self._terminated = True
             self._succeeded = bool(self._success(self.inner.unwrapped, self.episode_return)) \
                 if self._success is not None else reward > 0
         elif truncated:  # a wrapper of the user's own cut the episode off: end it here (VLMEnv.step reads this)

@@ -20,10 +20,14 @@ Rules:
   sampler exactly proportional to R then succeeds on average 33% (4x4) and 4% (8x8) of the time with T = 1, but
   99.9% and 97% with T = 0.1, still spread over every route to the goal (`tests/test_frozen_lake.py` recounts it).
   `info["log_reward"]` of a running episode is 0 (its return so far is 0).
-- text (the caption the tiny VLM is aligned on, and the history lines): the agent's cell and which neighbouring
-  cells are holes, e.g. "row 2, column 1; holes: right, down" ("holes: none"); at the end "row 2, column 2: in a
-  hole" or "row 4, column 4: at the goal". Rows and columns count from 1 at the top-left. The prompt shows the
-  current state as the image only (as the card games), so the model reads the map off the picture.
+- text (the caption the tiny VLM is aligned on, and the history lines): the agent's cell, "row 2, column 1", and
+  at the end "row 2, column 2: in a hole" or "row 4, column 4: at the goal"; rows and columns count from 1 at the
+  top-left. The prompt shows the current state as the image only (as the card games), so the model reads the
+  holes off the picture. Measured with `gflowvlm make-tiny-model --align gflowvlm/FrozenLake-v0` (64 px, small
+  tower, seed 0, on this 2-core CPU): after 1500 steps (541 s) the tiny VLM captions 58 of 64 training images
+  exactly, but 0% of the held-out ones, whose cells it never saw captioned; a richer caption that also named
+  the neighbouring holes ("row 2, column 1; holes: right, down", 402 distinct captions instead of 103) fitted
+  only 2 of 64 training images after 800 steps, so the cell alone is what the tiny model can be aligned on.
 - oracle: a breadth-first search from the goal over the cells that are not holes gives every cell's shortest
   safe distance; the oracle moves to a neighbour one step closer (the first of left, down, right, up), so it
   reaches the goal in the fewest possible steps.
@@ -76,10 +80,7 @@ def caption(env: gym.Env, observation: Any) -> str:
         return f"{where}: in a hole"
     if grid[r][c] == "G":
         return f"{where}: at the goal"
-    size = len(grid)
-    holes = [name for name, (dr, dc) in MOVES.items()
-             if 0 <= r + dr < size and 0 <= c + dc < size and grid[r + dr][c + dc] == "H"]
-    return f"{where}; holes: {', '.join(holes) or 'none'}"
+    return where
 
 
 def shortest_path_expert(env: gym.Env, observation: Any) -> tuple[str, str]:

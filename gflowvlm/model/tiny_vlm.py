@@ -52,7 +52,8 @@ TINY_FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3", "g
 QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 # Families whose tiny model has one vision tower size (the LLaVA families have "small" and "large").
 ONE_TOWER_FAMILIES = tuple(f for f in TINY_FAMILIES if f not in ("llava", "llava_next"))
-# transformers builds these processors with a video processor; every video processor needs torchvision.
+# transformers builds these processors with a video processor; every video processor needs torchvision. Without
+# it they are built without the video part (gflowvlm/model/image_only_processors.py).
 VIDEO_PROCESSOR_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava_onevision")
 PATCH = 16  # CLIP patch size of the LLaVA families
 QWEN_PATCH, QWEN_MERGE = 14, 2
@@ -213,23 +214,22 @@ def tiny_image_processor(family: str, image_size: int):
 
 def tiny_processor(family: str, image_processor, tokenizer: PreTrainedTokenizerFast):
     template = tokenizer.chat_template
-    if family in VIDEO_PROCESSOR_FAMILIES and not is_torchvision_available():
-        raise ValueError(f"the {family} family needs torchvision: transformers builds its processor with a video "
-                         "processor, which requires it (pip install torchvision)")
-    if family in QWEN_FAMILIES:
-        from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+    if family in VIDEO_PROCESSOR_FAMILIES:
+        from transformers import (LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor, Qwen2_5_VLProcessor,
+                                  Qwen2VLProcessor, Qwen2VLVideoProcessor)
 
-        processor_class = Qwen2_5_VLProcessor if family == "qwen2_5_vl" else Qwen2VLProcessor
-        return processor_class(image_processor=image_processor, tokenizer=tokenizer,
-                               video_processor=Qwen2VLVideoProcessor(), chat_template=template)
-    if family == "llava_onevision":
-        from transformers import LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor
+        from gflowvlm.model.image_only_processors import IMAGE_ONLY_PROCESSORS
 
-        tile = image_processor.size["height"]
-        return LlavaOnevisionProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                       video_processor=LlavaOnevisionVideoProcessor(),
-                                       num_image_tokens=(tile // PATCH) ** 2, vision_feature_select_strategy="full",
-                                       chat_template=template)
+        library = {"qwen2_vl": Qwen2VLProcessor, "qwen2_5_vl": Qwen2_5_VLProcessor,
+                   "llava_onevision": LlavaOnevisionProcessor}[family]
+        kwargs = dict(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
+        if family == "llava_onevision":
+            kwargs.update(num_image_tokens=(image_processor.size["height"] // PATCH) ** 2,
+                          vision_feature_select_strategy="full")
+        if not is_torchvision_available():  # the same processor without the video part, saved as the library's
+            return IMAGE_ONLY_PROCESSORS[library.__name__](**kwargs)
+        video = LlavaOnevisionVideoProcessor() if family == "llava_onevision" else Qwen2VLVideoProcessor()
+        return library(**kwargs, video_processor=video)
     tokens = (image_processor_size(image_processor) // PATCH) ** 2
     if family == "idefics3":
         from transformers import Idefics3Processor

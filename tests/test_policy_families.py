@@ -1,9 +1,10 @@
-"""The newer families (Idefics3 / SmolVLM, Gemma 3, PaliGemma) through the same policy code as LLaVA and Qwen2-VL.
+"""Qwen2.5-VL, Idefics3 (SmolVLM), Gemma 3, PaliGemma and LLaVA-OneVision through the same policy code as LLaVA.
 
 Each tiny model is built here with random weights, saved, and reloaded by the project's loader
 (AutoModelForImageTextToText + AutoProcessor, [DONE] added); then: LoRA on the language model only, the vision
 side frozen / LoRA / full, batched scoring with the CoT / action split, batched greedy generation, and one SubTB
-step. Qwen2.5-VL and LLaVA-OneVision are not here: their processors need torchvision (tests/test_model_tiny_vlm.py).
+step. Without torchvision, Qwen2.5-VL's and LLaVA-OneVision's processors are the library's minus the video processor
+(gflowvlm/model/image_only_processors.py), which the loader falls back to.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from gflowvlm.model.corpus import build_corpus
 from gflowvlm.model.families import FAMILIES, language_model_path, vision_module_paths
 from gflowvlm.model.generation import suppressed_token_ids
 from gflowvlm.model.loading import load_model_and_processor
-from gflowvlm.model.tiny_vlm import build_tiny_vlm, save_tiny_vlm
+from gflowvlm.model.tiny_vlm import VIDEO_PROCESSOR_FAMILIES, build_tiny_vlm, save_tiny_vlm
 from gflowvlm.model.tokenizer import DONE_TOKEN
 from gflowvlm.objectives import subtrajectory_balance
 from gflowvlm.policy import VLMPolicy
@@ -27,8 +28,11 @@ from gflowvlm.prompting import Prompt
 
 RESPONSES = ['{"thoughts": "hit on 11", "action": "hit"}', '{ "action" :  "stand" }', '{"thoughts": "none"}']
 MODEL_CLASSES = {"idefics3": "Idefics3ForConditionalGeneration", "gemma3": "Gemma3ForConditionalGeneration",
-                 "paligemma": "PaliGemmaForConditionalGeneration"}
-PROCESSOR_CLASSES = {"idefics3": "Idefics3Processor", "gemma3": "Gemma3Processor", "paligemma": "PaliGemmaProcessor"}
+                 "paligemma": "PaliGemmaForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+                 "llava_onevision": "LlavaOnevisionForConditionalGeneration"}
+PROCESSOR_CLASSES = {"idefics3": "Idefics3Processor", "gemma3": "Gemma3Processor", "paligemma": "PaliGemmaProcessor",
+                     "qwen2_5_vl": "Qwen2_5_VLProcessor", "llava_onevision": "LlavaOnevisionProcessor"}
+TABLE_ROWS = {"qwen2_5_vl": "qwen2_vl"}  # Qwen2.5-VL shares Qwen2-VL's row of the family table
 
 
 @pytest.fixture(scope="module")
@@ -71,16 +75,21 @@ def prompts(n: int) -> list[Prompt]:
 def test_saved_model_reloads_through_auto_classes_with_done(saved):
     family, directory = saved
     model, processor = load(directory)
-    assert type(model).__name__ == MODEL_CLASSES[family] and type(processor).__name__ == PROCESSOR_CLASSES[family]
+    assert type(model).__name__ == MODEL_CLASSES[family]
+    # The library's processor class; without torchvision, for the video families, its image-only subclass.
+    assert PROCESSOR_CLASSES[family] in [cls.__name__ for cls in type(processor).__mro__]
     done = processor.tokenizer(DONE_TOKEN, add_special_tokens=False)["input_ids"]
     assert len(done) == 1 and done[0] < model.get_input_embeddings().weight.shape[0]
     assert len(processor.tokenizer) <= model.get_input_embeddings().weight.shape[0]
     family_entry = next(f for f in FAMILIES if model.config.model_type in f.model_types)
-    assert family_entry.name == family and not family_entry.needs_torchvision
+    assert family_entry.name == TABLE_ROWS.get(family, family)
+    assert family_entry.needs_torchvision == (family in VIDEO_PROCESSOR_FAMILIES)
     batch = VLMPolicy(model, processor, ModelConfig(name_or_path=str(directory)), heads=()).prepare_batch(
         prompts(2), RESPONSES[:2])
     image_tokens = (batch["model_inputs"]["input_ids"] == model.config.image_token_id).sum(1).tolist()
-    assert image_tokens == [16, 16]  # whatever the image's size: 16 tokens, as the LLaVA tiny model
+    assert image_tokens[0] == (24 if family == "llava_onevision" else 16)  # 64x64: as LLaVA / LLaVA-NeXT
+    if family in ("idefics3", "gemma3", "paligemma"):  # a fixed size (Qwen and OneVision keep the aspect ratio)
+        assert image_tokens[1] == 16
     assert "labels" not in batch["model_inputs"]  # PaliGemma's processor returns them; they are no input
 
 
@@ -184,3 +193,18 @@ def test_one_subtb_step_moves_the_adapters_only(policy):
     with torch.no_grad():  # undo the step: the module-scoped policy is shared with the other tests
         for p, b in zip(adapters, before):
             p.copy_(b)
+
+
+def test_4bit_loading_keeps_the_vision_side_and_lm_head_unquantized(saved):
+    import bitsandbytes as bnb
+    from transformers import AutoModelForImageTextToText
+
+    from gflowvlm.model.loading import quantization_config
+
+    _, directory = saved
+    config = ModelConfig(name_or_path=str(directory), adapter="qlora")
+    model = AutoModelForImageTextToText.from_pretrained(directory, quantization_config=quantization_config(config))
+    decoder = language_model_path(model) + "."
+    quantized = {name for name, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    linear = {name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert quantized and quantized == {name for name in linear if name.startswith(decoder)}

@@ -1,4 +1,4 @@
-"""The second family, Qwen2-VL and Qwen2.5-VL (`image_grid_thw`, `mm_token_type_ids`, M-RoPE), through the same policy code.
+"""Qwen2-VL and Qwen2.5-VL (`image_grid_thw`, `mm_token_type_ids`, M-RoPE positions) through the same policy code.
 
 The model is saved and loaded with AutoModelForImageTextToText, the processor with the project's loader. transformers
 5 builds these processors only with a video processor, and video processors need torchvision; where torchvision is

@@ -26,7 +26,8 @@ class Family:
     name: str
     model_types: tuple[str, ...]  # `config.model_type` values of this family
     vision_modules: tuple[str, ...]  # the vision tower and projector, as module paths of the loaded model
-    # transformers builds this family's processor with a video processor, which needs torchvision.
+    # transformers builds this family's processor with a video processor, which needs torchvision (without it,
+    # gflowvlm.model.loading falls back to the same processor minus the video part: image_only_processors.py).
     needs_torchvision: bool = False
     # Per-token processor outputs whose value for a response token is not 0: PaliGemma's prefix-LM reads
     # token_type_ids 0 as "prefix" (attended both ways) and 1 as the answer (causal), as generation appends it.

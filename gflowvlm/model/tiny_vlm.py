@@ -10,15 +10,15 @@ config + safetensors + processor (tokenizer, image processor, chat template), wh
 - llava_next: the same parts as LLaVA-NeXT (LLaVA-1.6): tiles of half the image size and `image_sizes`;
 - qwen2_vl: a Qwen2-VL vision tower (patch 14, 2x2 merge, images resized to give 16 tokens) + Qwen2 decoder;
   qwen2_5_vl: the same with Qwen2.5-VL's windowed vision tower. transformers builds both processors with a video
-  processor, which needs torchvision;
+  processor, which needs torchvision; without it they are built without the video part (image_only_processors.py);
 - idefics3 (SmolVLM): an Idefics3 vision tower (patch 8) whose 2x2 pixel shuffle gives 16 tokens + Llama decoder,
   image splitting off (one global image);
 - gemma3: a SigLIP tower (patch 8) average-pooled to 16 soft tokens + Gemma 3 decoder (head_dim 32);
 - paligemma: a SigLIP tower (patch 16, 16 tokens) + Gemma decoder; its processor adds PaliGemma's 1,152 <loc>/<seg>
   tokens, and prompt tokens attend to each other both ways (prefix-LM), the response causally;
 - llava_onevision: SigLIP tower + Qwen2 decoder with LLaVA-OneVision's anyres tiles; its processor also holds a
-  video processor, which needs torchvision.
-Every family gets 16 image tokens for a 64x64 image, as the LLaVA tiny model.
+  video processor (the same as for Qwen without torchvision).
+Every fixed-size family gets 16 image tokens for a 64x64 image, as the LLaVA tiny model.
 
 `--align ENV_ID` (repeatable) also caption-pre-trains the model on those envs' observations before saving it
 (LLaVA's stage-1 alignment; gflowvlm/model/env_alignment.py) and writes `alignment.json` with the held-out
@@ -116,7 +116,8 @@ def tiny_model_config(family: str, tokenizer: PreTrainedTokenizerFast, image_siz
                                                                                image_size=image_size),
                             mm_tokens_per_image=tokens, image_token_id=image_token_id,
                             boi_token_id=tokenizer.convert_tokens_to_ids(tokenizer.boi_token),
-                            eoi_token_id=tokenizer.convert_tokens_to_ids(tokenizer.eoi_token), tie_word_embeddings=False)
+                            eoi_token_id=tokenizer.convert_tokens_to_ids(tokenizer.eoi_token),
+                            tie_word_embeddings=False)
     if family == "paligemma":
         hidden = GEMMA_DECODER["hidden_size"]
         return PaliGemmaConfig(text_config=GemmaConfig(**GEMMA_DECODER, **ids),

@@ -36,6 +36,7 @@ from gflowvlm.config import ModelConfig
 from gflowvlm.config_schema import ConfigError, from_dict
 from gflowvlm.model import batching
 from gflowvlm.model.adapters import apply_adapters, load_adapter
+from gflowvlm.model.families import response_token_types
 from gflowvlm.model.generation import (JsonObjectEnd, eos_token_ids, sampling_config, suppressed_token_ids,
                                        trim_generated)
 from gflowvlm.model.heads import HEAD_NAMES, build_heads, load_heads, save_heads
@@ -167,7 +168,8 @@ class VLMPolicy(torch.nn.Module):
     # ----- scoring ------------------------------------------------------------------------------------------------
     def prepare_batch(self, prompts: Sequence[Any], responses: Sequence[str] | None = None) -> dict:
         """Tokenised, right-padded prompt (+ response + EOS) sequences with response / action masks (CPU tensors)."""
-        return batching.build_score_batch(self.processor, prompts, responses)
+        return batching.build_score_batch(self.processor, prompts, responses,
+                                          response_token_types(self._base_model()))
 
     def forward(self, batch: dict, cot_weight: float = 1.0) -> ScoreOutput:
         device = self._device()

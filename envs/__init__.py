@@ -11,6 +11,8 @@ _ENVS = {
     "gflowvlm/EZPoints-v0": "envs.points:EZPointsEnv",
     "gflowvlm/Points24-v0": "envs.points:Points24Env",
     "gflowvlm/ALFWorld-v0": "envs.alfworld.env:ALFWorldEnv",
+    "gflowvlm/Gym-v0": "envs.gym_adapter:GymAdapterEnv",  # any gymnasium env with Discrete actions, no subclass
+    "gflowvlm/FrozenLake-v0": "envs.frozen_lake:FrozenLakeEnv",  # gymnasium's FrozenLake-v1 through Gym-v0
 }
 ENV_IDS = tuple(_ENVS)
 CARD_ENV_IDS = ENV_IDS[:4]

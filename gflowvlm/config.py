@@ -314,12 +314,14 @@ def validate(config: RunConfig) -> None:
 def _check_env(config: RunConfig) -> None:
     """env.id, env.split, env.kwargs and collect.expert_strategy against the env class's signature (not made)."""
     from gflowvlm.cli import UserError  # deferred: gymnasium and the envs import only when a config is checked
-    from gflowvlm.env_factory import check_env_options
+    from gflowvlm.env_factory import check_env_options, check_has_expert
 
     env = config.env
     try:
         check_env_options(env.id, env.split, env.kwargs, max_steps=env.max_steps,
                           strategy=config.collect.expert_strategy)
+        if config.collect.expert_injection:
+            check_has_expert(env.id, env.kwargs, "collect.expert_injection", "inject expert trajectories")
     except UserError as error:
         raise ConfigError(str(error)) from None
 

@@ -6,7 +6,11 @@ built-in `gflowvlm/...` games or any id a user registered (import the module tha
 
 `check_env_options` checks an id and its options WITHOUT making the env: it resolves the registry entry point and
 reads its `__init__` signature, so config validation can reject a wrong `env.kwargs` key or a non-gflowvlm env in
-milliseconds, before any model loads, instead of a TypeError deep inside the first rollout.
+milliseconds, before any model loads, instead of a TypeError deep inside the first rollout. An env class may add
+two class methods that see the options it would be made with (its registered kwargs updated by the config's):
+`check_options(options)`, its own checks that need no env (a ValueError, one line), and `has_expert(options)`,
+False when it would have no oracle (`gflowvlm/Gym-v0` made without `expert=`), which `check_has_expert` refuses
+for whatever needs one (SFT data, expert injection, `gflowvlm play`).
 """
 from __future__ import annotations
 
@@ -30,8 +34,9 @@ CONTRACT = ("a gflowvlm env subclasses envs.base.VLMEnv (observations {'image': 
             "registered with gymnasium; see README 'Your own environment'")
 
 
-def make_env(env_id: str, split: str = "id", reward: str = "gflowvlm", image_size: int = 64,
+def make_env(env_id: str, /, split: str = "id", reward: str = "gflowvlm", image_size: int = 64,
              max_steps: int | None = None, **kwargs: Any) -> gym.Env:
+    # env_id is positional-only so that an env's own option of that name reaches it (gflowvlm/Gym-v0's env_id).
     options: dict[str, Any] = dict(kwargs, split=split, reward=reward, image_size=image_size)
     if max_steps is not None:
         options["max_steps"] = max_steps
@@ -93,7 +98,8 @@ def check_env_options(env_id: str, split: str | None = None, kwargs: Mapping[str
     creator = env_creator(env_id, keys["id"])
     if inspect.isclass(creator) and not issubclass(creator, VLMEnv):
         raise UserError(f"{keys['id']}: {env_id} ({creator.__module__}.{creator.__qualname__}) is not a gflowvlm "
-                        f"environment: {CONTRACT}")
+                        f"environment: {CONTRACT}; or, with a Discrete action space and an rgb_array renderer, wrap "
+                        f"it without a subclass: gflowvlm/Gym-v0 with env_id={env_id!r} (envs/gym_adapter.py)")
     # A factory function's result is only known by calling it; its options are still read from its signature.
     names, takes_any = accepted_options(creator)
     own = [name for name in names if name not in FRAMEWORK_OPTIONS and name != "render_mode"]
@@ -115,6 +121,33 @@ def check_env_options(env_id: str, split: str | None = None, kwargs: Mapping[str
             raise UserError(f"{key}: {env_id} takes no option {name!r} ({accepted})")
     if strategy is not None:
         _check_strategy(creator, env_id, strategy, names, takes_any, keys["strategy"])
+    check = getattr(creator, "check_options", None)
+    if callable(check):
+        try:
+            check(_options(env_id, kwargs))
+        except ValueError as error:
+            # An option the config gives, or one nothing gives, is named as the config key; a registered one by id.
+            option = getattr(error, "option", None)
+            configured = option is not None and (option in (kwargs or {}) or option not in gym.spec(env_id).kwargs)
+            where = f"{keys['kwargs']}.{error}" if configured else f"{keys['id']}: {env_id}: {error}"
+            raise UserError(" ".join(where.split())) from None
+
+
+def check_has_expert(env_id: str, kwargs: Mapping[str, Any] | None, key: str, purpose: str) -> None:
+    """UserError (one line, naming `key`) when the env would be made without an oracle, so `purpose` cannot be done.
+
+    Envs say so through a `has_expert(options)` class method (`gflowvlm/Gym-v0` without `expert=`); every other env
+    has one (envs.base.VLMEnv requires `expert_action`).
+    """
+    has_expert = getattr(env_creator(env_id), "has_expert", None)
+    if callable(has_expert) and not has_expert(_options(env_id, kwargs)):
+        raise UserError(f"{key}: {env_id} has no expert (it was made with expert=None), so it cannot {purpose}; give "
+                        f"it expert=callable(env, observation) -> action (on-policy objectives and ppo need none)")
+
+
+def _options(env_id: str, kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The options gymnasium would make `env_id` with: its registered kwargs updated by `kwargs`."""
+    return {**(gym.spec(env_id).kwargs or {}), **(kwargs or {})}
 
 
 def _check_strategy(creator: Any, env_id: str, strategy: str, names: list[str], takes_any: bool, key: str) -> None:

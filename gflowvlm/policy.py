@@ -36,6 +36,7 @@ from gflowvlm.config import ModelConfig
 from gflowvlm.config_schema import ConfigError, from_dict
 from gflowvlm.model import batching
 from gflowvlm.model.adapters import apply_adapters, load_adapter
+from gflowvlm.model.families import response_token_types
 from gflowvlm.model.generation import (JsonObjectEnd, eos_token_ids, sampling_config, suppressed_token_ids,
                                        trim_generated)
 from gflowvlm.model.heads import HEAD_NAMES, build_heads, load_heads, save_heads
@@ -93,27 +94,41 @@ class VLMPolicy(torch.nn.Module):
             load_heads(policy.heads, config.init_from, strict=False)
         return policy
 
-    def save_pretrained(self, directory: str) -> None:
+    def save_pretrained(self, directory: str, state: dict[str, torch.Tensor] | None = None) -> None:
         """Write the policy to `directory` (replaced whole): into a temporary sibling, then a manifest, then a
-        rename, so a crash leaves the previous directory or the new one, never a mix of the two."""
+        rename, so a crash leaves the previous directory or the new one, never a mix of the two.
+
+        `state`: whole tensors to write instead of the module's own (`state_to_save()` keys), for a policy whose
+        own tensors are slices (FSDP2: gflowvlm/sharding.py)."""
         final = Path(directory)
         path = checkpoint.temporary_sibling(final)
         if path.exists():  # left by a crash mid-save
             shutil.rmtree(path)
         path.mkdir(parents=True)
-        if isinstance(self.model, PeftModel):
-            kind = "adapter"
-            self.model.save_pretrained(str(path))
-        elif any(p.requires_grad for p in self.model.parameters()):
-            kind = "full"
-            self.model.save_pretrained(str(path))
-        else:
-            kind = "heads"  # nothing of the model trains: the base is named in the config
-        save_heads(self.heads, path)
+        given = {} if state is None else {"state_dict": _subtree(state, "model.")}
+        kind = self._saved_kind()
+        if kind in ("adapter", "full"):
+            self.model.save_pretrained(str(path), **given)
+        save_heads(self.heads, path, None if state is None else _subtree(state, "heads."))
         self.processor.save_pretrained(str(path))
         meta = {"saved": kind, "heads": list(self.heads.keys()), "model": dataclasses.asdict(self.config)}
         (path / POLICY_FILE).write_text(json.dumps(meta, indent=2))
         checkpoint.finalize(path, final)
+
+    def _saved_kind(self) -> str:
+        if isinstance(self.model, PeftModel):
+            return "adapter"
+        if any(p.requires_grad for p in self.model.parameters()):
+            return "full"
+        return "heads"  # nothing of the model trains: the base is named in the config
+
+    def state_to_save(self) -> dict[str, torch.Tensor]:
+        """The tensors `save_pretrained` writes, by state_dict key: the trainable ones (adapters, unfrozen weights,
+        heads) and, for a full fine-tune (saved as a whole model), every tensor of the model."""
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        whole_model = self._saved_kind() == "full"
+        return {key: value for key, value in self.state_dict().items()
+                if key in trainable or (whole_model and key.startswith("model."))}
 
     @classmethod
     def from_pretrained(cls, directory: str, config: ModelConfig | None = None,
@@ -153,7 +168,8 @@ class VLMPolicy(torch.nn.Module):
     # ----- scoring ------------------------------------------------------------------------------------------------
     def prepare_batch(self, prompts: Sequence[Any], responses: Sequence[str] | None = None) -> dict:
         """Tokenised, right-padded prompt (+ response + EOS) sequences with response / action masks (CPU tensors)."""
-        return batching.build_score_batch(self.processor, prompts, responses)
+        return batching.build_score_batch(self.processor, prompts, responses,
+                                          response_token_types(self._base_model()))
 
     def forward(self, batch: dict, cot_weight: float = 1.0) -> ScoreOutput:
         device = self._device()
@@ -233,6 +249,16 @@ class VLMPolicy(torch.nn.Module):
         return outputs
 
     # ----- helpers -------------------------------------------------------------------------------------------------
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """The layer classes FSDP's transformer auto-wrap shards one by one (fsdp.yaml). accelerate reads them off
+        the module it prepares, which is this policy, not the Hugging Face model: without them the whole policy
+        would be one FSDP unit, gathered whole for every forward. Only classes the model contains (accelerate
+        refuses a name it cannot find, and LLaVA lists CLIP's text embeddings, which it does not have)."""
+        names = getattr(self._base_model(), "_no_split_modules", None) or []
+        present = {type(module).__name__ for module in self.modules()}
+        return sorted(name for name in names if name in present)
+
     def _base_model(self) -> torch.nn.Module:
         return self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
 
@@ -242,6 +268,10 @@ class VLMPolicy(torch.nn.Module):
     def _heads_device(self) -> torch.device:
         parameter = next(self.heads.parameters(), None)
         return parameter.device if parameter is not None else self._device()
+
+
+def _subtree(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
 
 
 def _read_policy_file(path: Path) -> dict[str, Any]:

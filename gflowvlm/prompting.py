@@ -57,6 +57,7 @@ ENV_FORMATS: dict[str, EnvFormat] = {
     "gflowvlm/EZPoints-v0": EnvFormat(("cards", "current formula"), _FROM_ACTIONS, False),
     "gflowvlm/Points24-v0": EnvFormat(("cards", "current formula"), _FROM_ACTIONS, False),
     "gflowvlm/ALFWorld-v0": EnvFormat((), _FROM_ACTIONS, True),
+    "gflowvlm/FrozenLake-v0": EnvFormat((), _FROM_ACTIONS, False),
 }
 _RESERVED_FIELDS = ("thoughts", "action")
 

@@ -20,7 +20,7 @@ from gflowvlm.cli import UserError
 from gflowvlm.collector import play_expert
 from gflowvlm.config import FIELD_BOUNDS, PromptConfig
 from gflowvlm.config_schema import ConfigError, check_output_dir, check_output_file
-from gflowvlm.env_factory import check_env_options, make_env
+from gflowvlm.env_factory import check_env_options, check_has_expert, make_env
 from gflowvlm.prompting import Prompt, PromptBuilder, check_prompt_config
 
 DONE_TOKEN = "[DONE]"
@@ -86,6 +86,7 @@ def check_sft_options(env_id: str, out: Path, samples: int, split: str, done_fra
     strategy = options.pop("strategy", None)
     check_env_options(env_id, split, options, strategy=strategy,
                       keys={"id": "--env", "split": "--split", "kwargs": "env_kwargs", "strategy": "--expert-strategy"})
+    check_has_expert(env_id, options, "--env", "write oracle SFT data")
 
 
 def _episode_seeds(seed: int) -> Iterator[int]:

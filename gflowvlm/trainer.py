@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator, DistributedDataParallelKwargs
-from accelerate.utils import set_seed
-from safetensors.torch import load_file, save_file
+from accelerate.utils import DistributedType, set_seed
+from safetensors.torch import save_file
 from tqdm import tqdm
 
-from gflowvlm import checkpoint, run_directory
+from gflowvlm import checkpoint, run_directory, sharding
 from gflowvlm.cli import UserError
 from gflowvlm.config import RunConfig, config_to_dict
 from gflowvlm.gflownet_loss import required_heads
@@ -51,12 +51,10 @@ class Trainer:
         self.config = config
         self.output_dir = Path(config.output_dir)
         self.resume_from = Path(resume_from) if resume_from is not None else None
-        # broadcast_buffers=False: ranks may run different numbers of forwards per step (their trajectories differ
-        # in length), and DDP's per-forward buffer broadcast would then deadlock. Buffers here are constants.
-        self.accelerator = accelerator or Accelerator(
-            mixed_precision=config.mixed_precision, log_with=config.logging.trackers or None,
-            project_dir=str(self.output_dir),
-            kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+        if launched_with_deepspeed() or (accelerator is not None
+                                         and accelerator.distributed_type == DistributedType.DEEPSPEED):
+            raise UserError(DEEPSPEED_UNSUPPORTED)
+        self.accelerator = accelerator or Accelerator(**accelerator_kwargs(config))
         # Before the model loads (minutes for a 7B): one run per output directory, a resume under the run's config.
         run_directory.prepare(config, self.resume_from, self.accelerator.is_main_process)
         self.accelerator.wait_for_everyone()
@@ -73,7 +71,10 @@ class Trainer:
             raise UserError("nothing to train: the model has no trainable parameters (model.adapter=none and no heads)")
         groups = [group for group in groups if group["params"]]
         optimizer = torch.optim.AdamW(groups, weight_decay=config.optim.weight_decay)
+        if self.accelerator.distributed_type == DistributedType.FSDP and not self.accelerator.is_fsdp2:
+            raise UserError("FSDP version 1 is not supported: use fsdp_version: 2 (configs/accelerate/fsdp.yaml)")
         self.model, self.optimizer = self.accelerator.prepare(self.policy, optimizer)
+        sharding.enable_generation(self.model)  # FSDP2: sampling gathers the sharded parameters as forward does
         # The scheduler is stepped by hand once per optimizer step: accelerate's wrapper would step it once per
         # process, which assumes a dataset split over ranks and would run the cosine num_processes times faster.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -140,8 +141,9 @@ class Trainer:
         if self.step < self.config.steps and not self.budget_spent():
             return last
         final = self.output_dir / "final"
+        state = sharding.whole_policy_state(self.policy, keep=accelerator.is_main_process)  # FSDP2: all ranks
         if accelerator.is_main_process:
-            self.policy.save_pretrained(str(final))
+            self.policy.save_pretrained(str(final), state=state)
         accelerator.wait_for_everyone()
         accelerator.end_training()
         return final
@@ -196,12 +198,18 @@ class Trainer:
             temporary.mkdir(parents=True)
         accelerator.wait_for_everyone()
         rank = accelerator.process_index
-        if accelerator.is_main_process:
-            self.policy.save_pretrained(str(temporary / "policy"))
-            trainable = {name: p.detach().cpu().contiguous() for name, p in self.policy.named_parameters()
+        main = accelerator.is_main_process
+        # FSDP2: every rank takes part in gathering the whole tensors (None / unchanged without it), so the files
+        # are those of an unsharded run.
+        policy_state = sharding.whole_policy_state(self.policy, keep=main)
+        optimizer_state = sharding.gather_state(self.optimizer.state_dict(), keep=main)
+        if main:
+            self.policy.save_pretrained(str(temporary / "policy"), state=policy_state)
+            whole = policy_state if policy_state is not None else dict(self.policy.named_parameters())
+            trainable = {name: whole[name].detach().cpu().contiguous() for name, p in self.policy.named_parameters()
                          if p.requires_grad}
             save_file(trainable, str(temporary / "trainable.safetensors"))
-            save_state(self.optimizer.state_dict(), temporary, "optimizer")
+            save_state(optimizer_state, temporary, "optimizer")
             save_state(self.scheduler.state_dict(), temporary, "scheduler")
             (temporary / "trainer_state.json").write_text(json.dumps(
                 {"step": self.step, "env_steps": self.env_steps, "nonfinite_streak": self.nonfinite_streak,
@@ -254,9 +262,9 @@ class Trainer:
         checkpoint.check_optimizer_state(saved["optimizer"], self.optimizer, path)
         with torch.no_grad():
             for name, value in trainable.items():
-                params[name].copy_(value)
+                params[name].copy_(sharding.shard_like(value, params[name]))  # FSDP2: this rank's slice
         try:  # in the order the state was saved: the algorithm's state is restored under the restored RNG
-            self.optimizer.load_state_dict(saved["optimizer"])
+            self.optimizer.load_state_dict(sharding.shard_optimizer_state(saved["optimizer"], self.optimizer))
             self.scheduler.load_state_dict(saved["scheduler"])
             checkpoint.set_rng_state(saved[f"rng_rank{rank}"])
             self.algorithm.load_state_dict(saved[f"algorithm_rank{rank}"])
@@ -272,6 +280,36 @@ class Trainer:
         """One line on stderr (main process): what resume did, where it had to choose."""
         if self.accelerator.is_main_process:
             print(f"gflowvlm: resume: {message}", file=sys.stderr)
+
+
+def accelerator_kwargs(config: RunConfig) -> dict:
+    """How the run's Accelerator is built; the launch config (`accelerate launch --config_file`) supplies the rest.
+
+    The run config wins where both speak: `mixed_precision` is passed here, so the launch file's does not count.
+    broadcast_buffers=False: ranks may run different numbers of forwards per step (their trajectories differ in
+    length), and DDP's per-forward buffer broadcast would then deadlock. Buffers here are constants.
+    """
+    kwargs = dict(mixed_precision=config.mixed_precision, log_with=config.logging.trackers or None,
+                  project_dir=str(config.output_dir),
+                  kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+    return kwargs
+
+
+def launched_with_deepspeed() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+# Found by running zero2.yaml on two CPU ranks (tests/test_launch_configs.py says how far that went): accelerate's
+# prepare refuses a DeepSpeed run without a dataloader unless the micro-batch is set; the LR schedule cannot wrap the
+# ZeRO optimizer; DeepSpeed steps the optimizer in every backward whose gradients are synchronised (accelerate's
+# no_sync does nothing under ZeRO-2/3, and a GFlowNet update runs a backward per scoring chunk), clips with its
+# config's gradient_clipping (accelerator.clip_grad_norm_ does nothing; PPO's 0.01 would become 1.0) and steps even
+# when a rank's loss was non-finite; its ZeRO optimizer state is not a torch one and cannot be written to gflowvlm's
+# checkpoints. Refused before the model loads rather than after hours of training.
+DEEPSPEED_UNSUPPORTED = (
+    "DeepSpeed (configs/accelerate/zero2.yaml, zero3.yaml) is not supported by gflowvlm train: its engine steps the "
+    "optimizer in every backward and clips with its own setting, and its ZeRO optimizer state does not fit "
+    "gflowvlm's checkpoints; launch with configs/accelerate/multi_gpu.yaml (DDP) or fsdp.yaml (sharded) instead")
 
 
 # What resume reads (the per-rank rng / algorithm files are added for each rank): a manifest without one of these

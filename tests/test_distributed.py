@@ -1,13 +1,9 @@
 """Two real ranks over gloo on CPU (ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2)."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-HELPER = Path(__file__).parent / "helpers" / "distributed_train.py"
+from helpers.launching import launch_two_ranks
 
 
 @pytest.mark.parametrize("algorithm, anchored", [("subtb", False), ("ppo", False), ("grpo", False), ("subtb", True)])
@@ -19,21 +15,14 @@ def test_two_ranks_stay_identical_and_gather_metrics(tiny_vlm_dir, tmp_path, alg
 
         data = write_sft_data("gflowvlm/NumberLine-v0", tmp_path / "sft.jsonl", 12, image_size=64, progress=False)
         anchor = ["anchor.coef=0.5", f"anchor.data={data}", "anchor.batch_size=2"]
-    overrides = [*anchor, f"algorithm={algorithm}", f"model.name_or_path={tiny_vlm_dir}", f"output_dir={out}",
-                 "steps=3", "env.num_envs=2", "env.max_steps=3", "generation.max_new_tokens=16", "logging.progress=false",
+    overrides = [*anchor, f"algorithm={algorithm}", f"model.name_or_path={tiny_vlm_dir}", "steps=3",
+                 "env.num_envs=2", "env.max_steps=3", "generation.max_new_tokens=16", "logging.progress=false",
                  "model.lora_r=4", "model.head_hidden=[32]", "optim.lr=1e-2", "prompt.max_history_steps=2",
                  "ppo.minibatch_size=2", "ppo.epochs=1", "grpo.minibatch_size=2", "grpo.epochs=1",
                  "env.reward=rl4vlm" if algorithm in ("ppo", "grpo") else "seed=0"]
     if algorithm == "grpo":  # one task per rank and round, played twice
         overrides.append("collect.trajectories_per_task=2")
-    accelerate = Path(sys.executable).with_name("accelerate")
-    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-               str(HELPER), *overrides]
-    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", WANDB_MODE="disabled")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = launch_two_ranks(["--multi_gpu", "--mixed_precision", "no"], overrides, out)
     assert [r["world"] for r in ranks] == [2, 2]  # really two processes, not two worlds of one
     assert ranks[0]["params"] == ranks[1]["params"]  # DDP kept every trainable parameter identical
     assert ranks[0]["task_seeds"] != ranks[1]["task_seeds"]  # each rank rolled its own tasks

@@ -56,6 +56,7 @@ CARD_CASES = [
     ("gflowvlm/Blackjack-v0", "id", 6), ("gflowvlm/Blackjack-v0", "ood", 3),
     ("gflowvlm/EZPoints-v0", "id", 4), ("gflowvlm/EZPoints-v0", "ood", 2),
     ("gflowvlm/Points24-v0", "id", 3), ("gflowvlm/Points24-v0", "ood", 2),
+    ("gflowvlm/FrozenLake-v0", "id", 3), ("gflowvlm/FrozenLake-v0", "ood", 2),
 ]
 
 

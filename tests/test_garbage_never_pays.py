@@ -130,6 +130,8 @@ def check_stall(stall: Scores, random: Scores, mode: str, floor: float | None, w
 # Blackjack's garbage forfeits the hand (R = 1e-10); the formula games' garbage never submits (R = 0.01), the
 # least they pay, and their random policy solves too rarely (EZPoints: 1-3 deals in 500, Points24: none) to leave
 # the floor robustly on average, so there a tie is allowed (their rl4vlm returns are still strictly below).
+# FrozenLake's garbage is cut off by the horizon at the start, which the gym adapter scores the floor (R = 1e-10);
+# random play mostly falls into a hole (R = 1), so it is above the floor on average on both map sizes.
 CARD_CASES = [
     ("gflowvlm/NumberLine-v0", "id", range(200), None, False),
     ("gflowvlm/NumberLine-v0", "ood", range(40), None, False),
@@ -139,6 +141,8 @@ CARD_CASES = [
     ("gflowvlm/EZPoints-v0", "ood", range(200), math.log(FLOOR_REWARD), True),
     ("gflowvlm/Points24-v0", "id", range(80), math.log(FLOOR_REWARD), True),
     ("gflowvlm/Points24-v0", "ood", range(80), math.log(FLOOR_REWARD), True),
+    ("gflowvlm/FrozenLake-v0", "id", range(60), MIN_LOG_REWARD, False),
+    ("gflowvlm/FrozenLake-v0", "ood", range(20), MIN_LOG_REWARD, False),
 ]
 
 

@@ -8,7 +8,8 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.utils import is_torchvision_available
 
 from gflowvlm.model.corpus import CARD_ENV_IDS, build_corpus
-from gflowvlm.model.tiny_vlm import build_tiny_vlm, make_tiny_model_main, save_tiny_vlm
+from gflowvlm.model.tiny_vlm import (TINY_FAMILIES, VIDEO_PROCESSOR_FAMILIES, build_tiny_vlm, make_tiny_model_main,
+                                     save_tiny_vlm)
 from gflowvlm.model.tokenizer import DONE_TOKEN, TOKENIZER_SPECS, train_tokenizer
 
 
@@ -83,7 +84,7 @@ def test_saved_tiny_model_loads_through_auto_classes(tiny_dir):
 
 
 def test_every_linear_layer_is_wide_enough_for_cpu_4bit(corpus):
-    for family in ("llava", "llava_next", "qwen2_vl"):
+    for family in TINY_FAMILIES:  # the models of every family build here, torchvision or not
         model = build_tiny_model_only(family, corpus)
         widths = {name: m.in_features for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
         assert widths and min(widths.values()) >= 64, (family, min(widths.items(), key=lambda kv: kv[1]))
@@ -133,14 +134,44 @@ def test_make_tiny_model_errors_are_one_line(tiny_dir, tmp_path, capsys):
     assert all(len(line) < 300 for line in errors[:2])
 
 
-def test_qwen2_vl_needs_torchvision_for_its_processor(tmp_path, capsys):
-    out = tmp_path / "qwen"
-    code = make_tiny_model_main(["--out", str(out), "--family", "qwen2_vl", "--corpus-episodes", "1"])
+@pytest.mark.parametrize("family,processor", [("qwen2_vl", "Qwen2VLProcessor"), ("qwen2_5_vl", "Qwen2_5_VLProcessor"),
+                                              ("llava_onevision", "LlavaOnevisionProcessor")])
+def test_video_processor_families_save_an_ordinary_processor_that_loads_without_torchvision(tmp_path, family,
+                                                                                           processor):
+    import json
+
+    from gflowvlm.model.loading import load_processor
+
+    assert family in VIDEO_PROCESSOR_FAMILIES
+    out = tmp_path / family
+    assert make_tiny_model_main(["--out", str(out), "--family", family, "--corpus-episodes", "1"]) == 0
+    saved = json.loads((out / "processor_config.json").read_text())
+    # The library's class name and a video processor entry: with torchvision, AutoProcessor builds the full one.
+    assert saved["processor_class"] == processor and "video_processor_type" in saved["video_processor"]
+    assert json.loads((out / "tokenizer_config.json").read_text())["processor_class"] == processor
+    loaded = load_processor(str(out))
+    assert processor in [cls.__name__ for cls in type(loaded).__mro__]
     if is_torchvision_available():
-        assert code == 0
-        assert type(AutoProcessor.from_pretrained(out)).__name__ == "Qwen2VLProcessor"
-    else:  # transformers builds Qwen2-VL processors with a video processor, which needs torchvision
-        assert code == 2 and "needs torchvision" in capsys.readouterr().err
+        assert type(AutoProcessor.from_pretrained(out)).__name__ == processor == type(loaded).__name__
+    else:  # transformers always loads these processors' video processor, and every one of those needs torchvision
+        with pytest.raises(ImportError, match="requires the Torchvision library"):
+            AutoProcessor.from_pretrained(out)
+        assert not hasattr(loaded, "video_processor")
+
+
+@pytest.mark.parametrize("family,model_class", [("idefics3", "Idefics3ForConditionalGeneration"),
+                                                ("gemma3", "Gemma3ForConditionalGeneration"),
+                                                ("paligemma", "PaliGemmaForConditionalGeneration")])
+def test_make_tiny_model_builds_the_families_without_a_video_processor(tmp_path, capsys, family, model_class):
+    out = tmp_path / family
+    assert make_tiny_model_main(["--out", str(out), "--family", family, "--corpus-episodes", "1"]) == 0
+    assert f"wrote a tiny {family} VLM" in capsys.readouterr().out
+    processor = AutoProcessor.from_pretrained(out)
+    model = AutoModelForImageTextToText.from_pretrained(out)
+    assert type(model).__name__ == model_class
+    assert len(processor.tokenizer(DONE_TOKEN, add_special_tokens=False)["input_ids"]) == 1
+    assert make_tiny_model_main(["--out", str(tmp_path / "x"), "--family", family, "--vision-tower", "large"]) == 2
+    assert make_tiny_model_main(["--out", str(tmp_path / "y"), "--family", family, "--image-size", "40"]) == 2
 
 
 # ----- make-tiny-model --align: caption pre-training on named envs -------------------------------------------

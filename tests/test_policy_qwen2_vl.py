@@ -1,64 +1,48 @@
-"""The second family, Qwen2-VL (`image_grid_thw`, `mm_token_type_ids`, M-RoPE positions), through the same policy code.
+"""Qwen2-VL and Qwen2.5-VL (`image_grid_thw`, `mm_token_type_ids`, M-RoPE positions) through the same policy code.
 
-The model is saved and loaded with AutoModelForImageTextToText. transformers 5 builds a Qwen2-VL processor only with
-a video processor, and video processors need torchvision; where torchvision is missing (this CPU machine: only
-CUDA builds of it exist for this torch) the test assembles the real `Qwen2VLProcessor` around its image processor
-and tokenizer without the video part (its image + text processing is the library's own code). With torchvision,
-the processor is the one saved next to the model, loaded with AutoProcessor.
+The model is saved and loaded with AutoModelForImageTextToText, the processor with the project's loader. transformers
+5 builds these processors only with a video processor, and video processors need torchvision; where torchvision is
+missing (this CPU machine: only CUDA builds of it exist for this torch) the loader falls back to the library's
+processor minus the video part (gflowvlm/model/image_only_processors.py), whose outputs are checked here against
+the library class itself.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, Qwen2VLProcessor
-from transformers.utils import is_torchvision_available
+from transformers import AutoModelForImageTextToText, Qwen2_5_VLProcessor, Qwen2VLProcessor
 
 from gflowvlm.config import ModelConfig
 from gflowvlm.model.adapters import apply_adapters
 from gflowvlm.model.corpus import build_corpus
 from gflowvlm.model.generation import suppressed_token_ids
-from gflowvlm.model.loading import quantization_config
+from gflowvlm.model.loading import load_processor, quantization_config
 from gflowvlm.model.tiny_vlm import (tiny_image_processor, tiny_model, tiny_model_config, tiny_processor,
                                      tiny_tokenizer)
 from gflowvlm.policy import VLMPolicy
 from gflowvlm.prompting import Prompt
 
 RESPONSES = ['{"thoughts": "hit on 11", "action": "hit"}', '{ "action" :  "stand" }', '{"thoughts": "none"}']
+LIBRARY = {"qwen2_vl": Qwen2VLProcessor, "qwen2_5_vl": Qwen2_5_VLProcessor}
 
 
-
-class _ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
-    def check_argument_for_proper_class(self, argument_name, argument):
-        if argument_name == "video_processor" and argument is None:
-            return None  # the one check that needs torchvision's video processor class
-        return super().check_argument_for_proper_class(argument_name, argument)
-
-
-def qwen_processor(image_processor, tokenizer, directory):
-    if is_torchvision_available():
-        tiny_processor("qwen2_vl", image_processor, tokenizer).save_pretrained(directory)
-        return AutoProcessor.from_pretrained(directory)
-    processor = _ImageOnlyQwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-                                           chat_template=tokenizer.chat_template)
-    processor.__class__ = Qwen2VLProcessor  # constructed: from here on it is the library's class
-    return processor
-
-
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny_qwen2_vl")
-    tokenizer = tiny_tokenizer("qwen2_vl", build_corpus(episodes_per_env=1))
-    tiny_model(tiny_model_config("qwen2_vl", tokenizer, 64), seed=0).save_pretrained(directory)
+@pytest.fixture(scope="module", params=sorted(LIBRARY))
+def saved(request, tmp_path_factory):
+    family = request.param
+    directory = tmp_path_factory.mktemp(f"tiny_{family}")
+    tokenizer = tiny_tokenizer(family, build_corpus(episodes_per_env=1))
+    tiny_model(tiny_model_config(family, tokenizer, 64), seed=0).save_pretrained(directory)
+    tiny_processor(family, tiny_image_processor(family, 64), tokenizer).save_pretrained(directory)
     return directory, tokenizer
 
 
 @pytest.fixture(scope="module")
 def policy(saved):
     directory, tokenizer = saved
-    processor = qwen_processor(tiny_image_processor("qwen2_vl", 64), tokenizer, directory)
+    processor = load_processor(str(directory))
     model = AutoModelForImageTextToText.from_pretrained(directory)
-    assert type(model).__name__ == "Qwen2VLForConditionalGeneration"
+    assert type(model).__name__ in ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
     config = ModelConfig(name_or_path=str(directory), lora_r=4, lora_dropout=0.0, head_hidden=[16])
     policy = VLMPolicy(apply_adapters(model, config), processor, config, heads=("value",))
     with torch.no_grad():
@@ -66,6 +50,24 @@ def policy(saved):
             if "lora_B" in name:
                 parameter.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(len(name)))
     return policy.eval()
+
+
+def test_the_loaded_processor_is_the_library_one_image_for_image(policy):
+    library = next(cls for cls in LIBRARY.values() if isinstance(policy.processor, cls))
+
+    class WithoutVideo(library):  # the library class itself, its one torchvision check skipped
+        def check_argument_for_proper_class(self, argument_name, argument):
+            if argument_name == "video_processor" and argument is None:
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    reference = WithoutVideo(image_processor=policy.processor.image_processor, tokenizer=policy.tokenizer,
+                             video_processor=None, chat_template=policy.processor.chat_template)
+    reference.__class__ = library
+    from gflowvlm.model.batching import encode_prompts
+
+    ours, theirs = (encode_prompts(p, prompts(3), padding_side="left") for p in (policy.processor, reference))
+    assert set(ours) == set(theirs) and all(torch.equal(ours[key], theirs[key]) for key in ours)
 
 
 def prompts(n: int) -> list[Prompt]:

@@ -52,6 +52,26 @@ def test_labels_mask_everything_but_the_caption_and_eos(tiny, number_line_pairs)
     assert "Describe the state" in tokenizer.decode(ids[~supervised])
 
 
+def test_paligemma_captions_are_the_causal_answer_not_the_prefix(number_line_pairs):
+    # PaliGemma's prefix-LM attends both ways over token type 0: captions must be typed 1 (as generation does), or
+    # caption training would let each caption token see the next one.
+    from gflowvlm.model.families import response_token_types
+
+    model, processor = build_tiny_vlm("paligemma", image_size=64, seed=0, corpus=build_corpus(episodes_per_env=1))
+    image, caption = number_line_pairs[0]
+    types = response_token_types(model)
+    assert types == {"token_type_ids": 1}
+    example = encode_example(processor, image, caption, types)
+    supervised = example["labels"][0] != IGNORE_INDEX
+    assert (example["token_type_ids"][0] == supervised.long()).all()
+    with torch.no_grad():  # a changed last caption token leaves the earlier positions' logits as they were
+        logits = model(**example).logits
+        changed = {k: v.clone() for k, v in example.items()}
+        changed["input_ids"][0, -2] = processor.tokenizer.convert_tokens_to_ids("1")
+        again = model(**changed).logits
+    torch.testing.assert_close(logits[0, :-2], again[0, :-2], atol=1e-5, rtol=0.0)
+
+
 def test_collate_pads_right_for_training_and_left_for_generation(tiny, number_line_pairs):
     _, processor = tiny
     short = encode_example(processor, *number_line_pairs[0])

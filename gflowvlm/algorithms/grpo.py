@@ -44,7 +44,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from gflowvlm.algorithms.common import (SFTAnchor, backward, make_generate, minibatch_schedule, rollout_metrics,
                                        sync_context)
-from gflowvlm.algorithms.ppo import clipped_policy_loss
+from gflowvlm.algorithms.ppo import accumulate, clipped_policy_loss, ratio_statistics
 from gflowvlm.cli import UserError
 from gflowvlm.collector import Collector
 from gflowvlm.seeding import Stream, stream_seed
@@ -195,14 +195,8 @@ class GRPO:
                     totals["kl"] += float(kl.detach())
                 finite = backward(trainer, loss, 1.0)
             trainer.optimizer_step(finite, schedule=last)
-            with torch.no_grad():
-                log_ratio = new_logp - old_logp[index]
-                totals["clip_fraction"] += float(((log_ratio.exp() - 1).abs() > grpo.clip).float().mean())
-                totals["approx_kl"] += float(((log_ratio.exp() - 1) - log_ratio).mean())
-            totals["loss"] += float(loss.detach())
-            totals["policy_loss"] += float(policy_loss.detach())
-            for key, value in anchor.items():
-                totals[key] = totals.get(key, 0.0) + value
+            accumulate(totals, {"loss": float(loss.detach()), "policy_loss": float(policy_loss.detach()),
+                                **ratio_statistics(new_logp, old_logp[index], grpo.clip), **anchor})
             count += 1
         return {key: value / count for key, value in totals.items()}
 

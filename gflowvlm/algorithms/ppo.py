@@ -35,6 +35,21 @@ def generalized_advantages(rewards: torch.Tensor, values: torch.Tensor, bootstra
     return advantages, advantages + values
 
 
+def ratio_statistics(new_logp: torch.Tensor, old_logp: torch.Tensor, clip: float) -> dict[str, float]:
+    """Diagnostics of one clipped-ratio minibatch: the share of ratios outside [1 - clip, 1 + clip] and the k3
+    estimate of KL(old || new), mean((r - 1) - log r)."""
+    with torch.no_grad():
+        log_ratio = new_logp - old_logp
+        return {"clip_fraction": float(((log_ratio.exp() - 1).abs() > clip).float().mean()),
+                "approx_kl": float(((log_ratio.exp() - 1) - log_ratio).mean())}
+
+
+def accumulate(totals: dict[str, float], values: dict[str, float]) -> None:
+    """totals[key] += value for every key of `values` (a key seen for the first time starts at 0)."""
+    for key, value in values.items():
+        totals[key] = totals.get(key, 0.0) + value
+
+
 def clipped_policy_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
                         clip: float) -> torch.Tensor:
     """-mean(min(ratio * A, clip(ratio, 1 - clip, 1 + clip) * A)) with ratio = exp(new - old)."""
@@ -110,15 +125,9 @@ class PPO:
                 loss = policy_loss + ppo.value_coef * value_loss
                 finite = backward(trainer, loss, 1.0)
             trainer.optimizer_step(finite, schedule=last)
-            with torch.no_grad():
-                log_ratio = new_logp - old_logp[index]
-                totals["clip_fraction"] += float(((log_ratio.exp() - 1).abs() > ppo.clip).float().mean())
-                totals["approx_kl"] += float(((log_ratio.exp() - 1) - log_ratio).mean())
-            totals["loss"] += float(loss.detach())
-            totals["policy_loss"] += float(policy_loss.detach())
-            totals["value_loss"] += float(value_loss.detach())
-            for key, value in anchor.items():
-                totals[key] = totals.get(key, 0.0) + value
+            accumulate(totals, {"loss": float(loss.detach()), "policy_loss": float(policy_loss.detach()),
+                                "value_loss": float(value_loss.detach()),
+                                **ratio_statistics(new_logp, old_logp[index], ppo.clip), **anchor})
             count += 1
         return {key: value / count for key, value in totals.items()}
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from gflowvlm.cli import UserError
 from gflowvlm.config import FIELD_BOUNDS
 from gflowvlm.config_schema import check_output_dir
-from gflowvlm.env_factory import check_env_options, make_env
+from gflowvlm.env_factory import check_env_options, check_has_expert, make_env
 from gflowvlm.stats import wilson_interval
 
 
@@ -78,6 +78,7 @@ def _check(args: argparse.Namespace) -> None:
     for env_id in args.env:
         check_env_options(env_id, args.split, strategy=args.expert_strategy,
                           keys={"id": "--env", "split": "--split", "strategy": "--expert-strategy"})
+        check_has_expert(env_id, None, "--env", "play its oracle")
 
 
 def success_line(env_id: str, split: str, wins: int, episodes: int, strategy: str | None = None) -> str:

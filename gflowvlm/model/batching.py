@@ -37,10 +37,12 @@ def encode_prompts(processor, prompts: Sequence[Any], padding_side: str) -> dict
     bos = processor.tokenizer.bos_token
     # As processor.apply_chat_template(tokenize=True) does: a template that writes BOS itself must not get another.
     add_special_tokens = not (bos is not None and texts[0].startswith(bos))
-    images = [_image(prompt.image) for prompt in prompts]
+    # One list of images per prompt: every processor reads that, and some (Gemma 3) read nothing else.
+    images = [[_image(prompt.image)] for prompt in prompts]
     encoded = processor(text=texts, images=images, padding=True, padding_side=padding_side, return_tensors="pt",
                         add_special_tokens=add_special_tokens)
-    return dict(encoded)
+    # PaliGemma's processor also returns training labels (the suffix); they are a target, never a model input.
+    return {key: value for key, value in encoded.items() if key != "labels"}
 
 
 def token_keys(encoded: dict[str, torch.Tensor]) -> list[str]:
@@ -50,13 +52,16 @@ def token_keys(encoded: dict[str, torch.Tensor]) -> list[str]:
             and not torch.is_floating_point(value)]
 
 
-def build_score_batch(processor, prompts: Sequence[Any], responses: Sequence[str] | None) -> dict[str, Any]:
+def build_score_batch(processor, prompts: Sequence[Any], responses: Sequence[str] | None,
+                      response_token_types: dict[str, int] | None = None) -> dict[str, Any]:
     """Right-padded prompt + response sequences, the response / action token masks and the prompt lengths.
 
     Returns {"model_inputs": {...}, "prompt_lengths": [N], "response_mask": [N, L], "action_mask": [N, L],
     "logits_to_keep": int}. response_mask[i, t] is True when token t is a response token (incl. the final EOS);
     action_mask[i, t] when it overlaps the action value. With responses=None only prompts are encoded.
+    `response_token_types`: per-token inputs whose response tokens are not 0 (families.Family).
     """
+    response_token_types = response_token_types or {}
     if responses is not None and len(responses) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     tokenizer = processor.tokenizer
@@ -85,7 +90,11 @@ def build_score_batch(processor, prompts: Sequence[Any], responses: Sequence[str
             inputs[key][i, :p] = encoded[key][i][real]
         inputs["input_ids"][i, p:total] = torch.tensor(response_ids[i], dtype=inputs["input_ids"].dtype)
         inputs["attention_mask"][i, p:total] = 1
-        # Other per-token keys (token types) are 0 for text, which every response token is.
+        # Other per-token keys (token types) are 0 for text, which every response token is, unless the family
+        # says otherwise (PaliGemma's answer tokens).
+        for key, value in response_token_types.items():
+            if key in keys:
+                inputs[key][i, p:total] = value
         response_mask[i, p:total] = True
         action_mask[i, p:total] = torch.tensor(action_flags[i], dtype=torch.bool)
     # Logits are needed from the last prompt token on: the last `logits_to_keep` positions cover every sample.

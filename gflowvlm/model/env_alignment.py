@@ -142,11 +142,11 @@ def make_seeing_model(out: str | Path, env_ids: Sequence[str], family: str = "ll
     """Build the tiny VLM, caption pre-train it on `env_ids`, save it to `out` with `alignment.json` (last).
 
     Image size, vision tower, step budget and pairs default to the envs' recipes (ENV_RECIPES)."""
-    from gflowvlm.model.tiny_vlm import build_tiny_vlm, save_tiny_vlm
+    from gflowvlm.model.tiny_vlm import ONE_TOWER_FAMILIES, build_tiny_vlm, save_tiny_vlm
 
     check_env_ids(env_ids)
     image_size = image_size or recipe_image_size(env_ids)
-    vision_tower = vision_tower or (recipe_vision_tower(env_ids) if family != "qwen2_vl" else "small")
+    vision_tower = vision_tower or (recipe_vision_tower(env_ids) if family not in ONE_TOWER_FAMILIES else "small")
     config = replace(config or AlignmentConfig(), seed=seed, steps=steps or recipe_steps(env_ids))
     if target_accuracy is not None:
         config = replace(config, target_accuracy=target_accuracy)

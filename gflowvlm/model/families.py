@@ -26,19 +26,28 @@ class Family:
     name: str
     model_types: tuple[str, ...]  # `config.model_type` values of this family
     vision_modules: tuple[str, ...]  # the vision tower and projector, as module paths of the loaded model
-    # transformers builds this family's processor with a video processor, which needs torchvision.
+    # transformers builds this family's processor with a video processor, which needs torchvision (without it,
+    # gflowvlm.model.loading falls back to the same processor minus the video part: image_only_processors.py).
     needs_torchvision: bool = False
+    # Per-token processor outputs whose value for a response token is not 0: PaliGemma's prefix-LM reads
+    # token_type_ids 0 as "prefix" (attended both ways) and 1 as the answer (causal), as generation appends it.
+    response_token_types: tuple[tuple[str, int], ...] = ()
 
 
+_LLAVA_VISION = ("model.vision_tower", "model.multi_modal_projector")
 FAMILIES: tuple[Family, ...] = (
-    Family("llava", ("llava", "llava_next", "llava_onevision", "vipllava"),
-           ("model.vision_tower", "model.multi_modal_projector")),
+    Family("llava", ("llava", "llava_next", "vipllava"), _LLAVA_VISION),
+    Family("llava_onevision", ("llava_onevision",), _LLAVA_VISION, needs_torchvision=True),
     Family("qwen2_vl", ("qwen2_vl", "qwen2_5_vl"), ("model.visual",), needs_torchvision=True),
+    Family("idefics3", ("idefics3", "smolvlm"), ("model.vision_model", "model.connector")),
+    Family("gemma3", ("gemma3",), _LLAVA_VISION),
+    Family("paligemma", ("paligemma",), _LLAVA_VISION, response_token_types=(("token_type_ids", 1),)),
 )
 
 # Kept in full precision under 4-bit loading (names that a model lacks are ignored by transformers). The short
 # "vision_tower" does NOT match in transformers 5.23: the full paths are needed.
-QUANTIZATION_SKIP_MODULES = ("model.vision_tower", "model.multi_modal_projector", "model.visual", "lm_head")
+QUANTIZATION_SKIP_MODULES = ("model.vision_tower", "model.multi_modal_projector", "model.visual",
+                             "model.vision_model", "model.connector", "lm_head")
 
 
 def family_for_model_type(model_type: str) -> Family | None:
@@ -46,6 +55,12 @@ def family_for_model_type(model_type: str) -> Family | None:
         if model_type in family.model_types:
             return family
     return None
+
+
+def response_token_types(model: torch.nn.Module) -> dict[str, int]:
+    """{per-token input name: its value on response tokens} where that is not 0 (see Family)."""
+    family = family_for_model_type(getattr(getattr(model, "config", None), "model_type", ""))
+    return dict(family.response_token_types) if family is not None else {}
 
 
 def language_model_path(model: torch.nn.Module) -> str:

@@ -42,8 +42,10 @@ class MLPHead(nn.Module):
         self.net = nn.Sequential(*layers, last)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[N, H] -> [N] (float32)."""
-        return self.net(hidden.float()).squeeze(-1)
+        """[N, H] -> [N] (float32). The input takes the weights' dtype: float32, except under FSDP's bf16 mixed
+        precision (fsdp.yaml), which gathers every weight, the heads' too, in bf16 for the computation."""
+        dtype = next(self.net.parameters()).dtype
+        return self.net(hidden.to(dtype)).float().squeeze(-1)
 
 
 def build_heads(names: Sequence[str], in_features: int, hidden: Sequence[int]) -> nn.ModuleDict:
@@ -53,8 +55,11 @@ def build_heads(names: Sequence[str], in_features: int, hidden: Sequence[int]) -
     return nn.ModuleDict({name: MLPHead(in_features, hidden) for name in dict.fromkeys(names)})
 
 
-def save_heads(heads: nn.ModuleDict, directory: str | Path) -> None:
-    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in heads.state_dict().items()}
+def save_heads(heads: nn.ModuleDict, directory: str | Path,
+               state: dict[str, torch.Tensor] | None = None) -> None:
+    """`state`: whole tensors to write instead of `heads.state_dict()` (whose tensors are slices under FSDP2)."""
+    state = heads.state_dict() if state is None else state
+    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
     save_file(tensors, str(Path(directory) / HEADS_FILE))
 
 

@@ -42,6 +42,17 @@ def load_processor(name_or_path: str, trust_remote_code: bool = False):
         # bool(): None would let transformers ask on a terminal, or decide by itself.
         return AutoProcessor.from_pretrained(name_or_path, trust_remote_code=bool(trust_remote_code))
     except ImportError as error:
+        # Qwen2-VL / Qwen2.5-VL / LLaVA-OneVision processors always load a video processor, which needs
+        # torchvision; without it, the same processor minus the video part (image_only_processors.py).
+        if "torchvision" in str(error).lower():
+            from gflowvlm.model.image_only_processors import IMAGE_ONLY_PROCESSORS, saved_processor_class
+
+            image_only = IMAGE_ONLY_PROCESSORS.get(saved_processor_class(name_or_path) or "")
+            if image_only is not None:
+                try:
+                    return image_only.from_pretrained(name_or_path)
+                except (ImportError, OSError, ValueError, KeyError) as second:
+                    error = second
         raise ModelLoadError(f"cannot load the processor of {name_or_path!r}: {_first_line(error)}") from error
     except (OSError, ValueError, KeyError) as error:
         raise ModelLoadError(f"cannot load the processor of {name_or_path!r}: {_first_line(error)}") from error

@@ -8,8 +8,17 @@ config + safetensors + processor (tokenizer, image processor, chat template), wh
   tokens; `--vision-tower large`: hidden 128, 4 layers) + Llama decoder (hidden 128, 4 layers, 4 query / 2
   key-value heads, MLP 256): 1.0M parameters (1.8M with the large tower);
 - llava_next: the same parts as LLaVA-NeXT (LLaVA-1.6): tiles of half the image size and `image_sizes`;
-- qwen2_vl: a Qwen2-VL vision tower (patch 14, 2x2 merge, images resized to give 16 tokens) + Qwen2 decoder.
-  transformers builds Qwen2-VL processors with a video processor, which needs torchvision.
+- qwen2_vl: a Qwen2-VL vision tower (patch 14, 2x2 merge, images resized to give 16 tokens) + Qwen2 decoder;
+  qwen2_5_vl: the same with Qwen2.5-VL's windowed vision tower. transformers builds both processors with a video
+  processor, which needs torchvision; without it they are built without the video part (image_only_processors.py);
+- idefics3 (SmolVLM): an Idefics3 vision tower (patch 8) whose 2x2 pixel shuffle gives 16 tokens + Llama decoder,
+  image splitting off (one global image);
+- gemma3: a SigLIP tower (patch 8) average-pooled to 16 soft tokens + Gemma 3 decoder (head_dim 32);
+- paligemma: a SigLIP tower (patch 16, 16 tokens) + Gemma decoder; its processor adds PaliGemma's 1,152 <loc>/<seg>
+  tokens, and prompt tokens attend to each other both ways (prefix-LM), the response causally;
+- llava_onevision: SigLIP tower + Qwen2 decoder with LLaVA-OneVision's anyres tiles; its processor also holds a
+  video processor (the same as for Qwen without torchvision).
+Every fixed-size family gets 16 image tokens for a 64x64 image, as the LLaVA tiny model.
 
 `--align ENV_ID` (repeatable) also caption-pre-trains the model on those envs' observations before saving it
 (LLaVA's stage-1 alignment; gflowvlm/model/env_alignment.py) and writes `alignment.json` with the held-out
@@ -25,15 +34,27 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
-                          LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor, LlavaProcessor,
-                          PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration)
+from transformers import (CLIPVisionConfig, Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig,
+                          GemmaConfig, Idefics3Config, Idefics3ForConditionalGeneration, Idefics3VisionConfig,
+                          LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaNextConfig,
+                          LlavaNextForConditionalGeneration, LlavaNextProcessor, LlavaOnevisionConfig,
+                          LlavaOnevisionForConditionalGeneration, LlavaProcessor, PaliGemmaConfig,
+                          PaliGemmaForConditionalGeneration, PreTrainedTokenizerFast, Qwen2_5_VLConfig,
+                          Qwen2_5_VLForConditionalGeneration, Qwen2Config, Qwen2VLConfig,
+                          Qwen2VLForConditionalGeneration, SiglipVisionConfig)
 from transformers.utils import is_torchvision_available
 
 from gflowvlm.model.corpus import Corpus, build_corpus
 from gflowvlm.model.tokenizer import TOKENIZER_SPECS, train_tokenizer
 
-TINY_FAMILIES = ("llava", "llava_next", "qwen2_vl")
+TINY_FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3", "gemma3", "paligemma",
+                 "llava_onevision")
+QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+# Families whose tiny model has one vision tower size (the LLaVA families have "small" and "large").
+ONE_TOWER_FAMILIES = tuple(f for f in TINY_FAMILIES if f not in ("llava", "llava_next"))
+# transformers builds these processors with a video processor; every video processor needs torchvision. Without
+# it they are built without the video part (gflowvlm/model/image_only_processors.py).
+VIDEO_PROCESSOR_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava_onevision")
 PATCH = 16  # CLIP patch size of the LLaVA families
 QWEN_PATCH, QWEN_MERGE = 14, 2
 # Two key/value heads (grouped-query attention, as Mistral): half the KV cache to copy per generated token, which
@@ -48,10 +69,13 @@ CLIP_TOWER = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, nu
 VISION_TOWERS = {"small": CLIP_TOWER,
                  "large": dict(CLIP_TOWER, hidden_size=128, intermediate_size=512, num_hidden_layers=4)}
 IMAGE_MEAN, IMAGE_STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+# SigLIP / Idefics3 towers of the newer families: the CLIP tower's widths, no projection.
+SIGLIP_TOWER = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4)
+GEMMA_DECODER = dict(DECODER, head_dim=32, rms_norm_eps=1e-6)
 
 
 def check_image_size(family: str, image_size: int) -> None:
-    step = 2 * PATCH if family == "llava_next" else PATCH
+    step = 2 * PATCH if family in ("llava_next", "llava_onevision") else PATCH
     if family not in TINY_FAMILIES:
         raise ValueError(f"unknown tiny model family {family!r}; choose one of {list(TINY_FAMILIES)}")
     if not isinstance(image_size, int) or image_size < step or image_size % step or image_size > 1024:
@@ -59,15 +83,16 @@ def check_image_size(family: str, image_size: int) -> None:
 
 
 def tiny_tokenizer(family: str, corpus: Corpus, vocab_size: int = 1024) -> PreTrainedTokenizerFast:
-    spec = TOKENIZER_SPECS["qwen2_vl" if family == "qwen2_vl" else "llava"]
+    spec = TOKENIZER_SPECS["qwen2_vl" if family in QWEN_FAMILIES else family if family in TOKENIZER_SPECS
+                           else "llava"]
     return train_tokenizer(corpus.texts, spec, vocab_size)
 
 
 def check_vision_tower(family: str, tower: str) -> None:
     if tower not in VISION_TOWERS:
         raise ValueError(f"unknown vision tower {tower!r}; choose one of {list(VISION_TOWERS)}")
-    if family == "qwen2_vl" and tower != "small":
-        raise ValueError("--vision-tower: the qwen2_vl tiny model has one vision tower size ('small')")
+    if family in ONE_TOWER_FAMILIES and tower != "small":
+        raise ValueError(f"--vision-tower: the {family} tiny model has one vision tower size ('small')")
 
 
 def tiny_model_config(family: str, tokenizer: PreTrainedTokenizerFast, image_size: int, tower: str = "small"):
@@ -77,14 +102,49 @@ def tiny_model_config(family: str, tokenizer: PreTrainedTokenizerFast, image_siz
     ids = dict(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=False)
     image_token_id = tokenizer.convert_tokens_to_ids(tokenizer.image_token)
-    if family == "qwen2_vl":
+    tokens = (image_size // PATCH) ** 2
+    if family == "idefics3":
+        # Patch 8 and the 2x2 pixel shuffle (scale_factor 2): (image_size / 16)^2 tokens.
+        return Idefics3Config(text_config=LlamaConfig(**DECODER, **ids),
+                              vision_config=Idefics3VisionConfig(**SIGLIP_TOWER, patch_size=PATCH // 2,
+                                                                 image_size=image_size),
+                              scale_factor=2, image_token_id=image_token_id, tie_word_embeddings=False)
+    if family == "gemma3":
+        # Patch 8, pooled 2x2 to (image_size / 16)^2 soft tokens.
+        text = Gemma3TextConfig(**GEMMA_DECODER, **ids, query_pre_attn_scalar=32, sliding_window=512)
+        return Gemma3Config(text_config=text, vision_config=SiglipVisionConfig(**SIGLIP_TOWER, patch_size=PATCH // 2,
+                                                                               image_size=image_size),
+                            mm_tokens_per_image=tokens, image_token_id=image_token_id,
+                            boi_token_id=tokenizer.convert_tokens_to_ids(tokenizer.boi_token),
+                            eoi_token_id=tokenizer.convert_tokens_to_ids(tokenizer.eoi_token),
+                            tie_word_embeddings=False)
+    if family == "paligemma":
+        hidden = GEMMA_DECODER["hidden_size"]
+        return PaliGemmaConfig(text_config=GemmaConfig(**GEMMA_DECODER, **ids),
+                               vision_config=SiglipVisionConfig(**SIGLIP_TOWER, patch_size=PATCH, image_size=image_size,
+                                                                projection_dim=hidden),
+                               projection_dim=hidden, image_token_id=image_token_id, tie_word_embeddings=False)
+    if family == "llava_onevision":
+        tile = image_size // 2
+        return LlavaOnevisionConfig(text_config=Qwen2Config(**DECODER, **ids),
+                                    vision_config=SiglipVisionConfig(**SIGLIP_TOWER, patch_size=PATCH, image_size=tile),
+                                    image_token_index=image_token_id,
+                                    video_token_index=tokenizer.convert_tokens_to_ids(tokenizer.video_token),
+                                    vision_feature_select_strategy="full", vision_feature_layer=-1,
+                                    image_grid_pinpoints=_grid_pinpoints(tile), vision_aspect_ratio="anyres_max_9",
+                                    tie_word_embeddings=False)
+    if family in QWEN_FAMILIES:
         head_dim = DECODER["hidden_size"] // DECODER["num_attention_heads"]
         third = head_dim // 2 // 3  # M-RoPE splits the rotary half-dimension over (time, height, width)
         text = dict(DECODER, **ids, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                      "mrope_section": [head_dim // 2 - 2 * third, third, third]})
         vision = dict(depth=2, embed_dim=64, hidden_size=DECODER["hidden_size"], num_heads=4, mlp_ratio=4,
                       patch_size=QWEN_PATCH, spatial_merge_size=QWEN_MERGE, temporal_patch_size=2)
-        return Qwen2VLConfig(
+        if family == "qwen2_5_vl":  # windowed attention in the first block, full attention in the last
+            vision = dict(depth=2, hidden_size=64, intermediate_size=256, out_hidden_size=DECODER["hidden_size"],
+                          num_heads=4, patch_size=QWEN_PATCH, spatial_merge_size=QWEN_MERGE, temporal_patch_size=2,
+                          window_size=QWEN_PATCH * QWEN_MERGE * 2, fullatt_block_indexes=[1])
+        return (Qwen2_5_VLConfig if family == "qwen2_5_vl" else Qwen2VLConfig)(
             text_config=text, vision_config=vision, image_token_id=image_token_id,
             video_token_id=tokenizer.convert_tokens_to_ids(tokenizer.video_token),
             vision_start_token_id=tokenizer.convert_tokens_to_ids(tokenizer.vision_start_token),
@@ -107,7 +167,31 @@ def _grid_pinpoints(tile: int) -> list[list[int]]:
 
 def tiny_image_processor(family: str, image_size: int):
     check_image_size(family, image_size)
-    if family == "qwen2_vl":
+    tokens = (image_size // PATCH) ** 2
+    if family == "idefics3":
+        from transformers import Idefics3ImageProcessorPil
+
+        # No splitting: one global image resized to image_size x image_size.
+        return Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": image_size},
+                                         max_image_size={"longest_edge": image_size}, image_mean=IMAGE_MEAN,
+                                         image_std=IMAGE_STD)
+    if family in ("gemma3", "paligemma"):
+        from transformers import Gemma3ImageProcessorPil, SiglipImageProcessorPil
+
+        size = {"height": image_size, "width": image_size}
+        if family == "gemma3":
+            return Gemma3ImageProcessorPil(size=size, image_mean=IMAGE_MEAN, image_std=IMAGE_STD)
+        processor = SiglipImageProcessorPil(size=size, image_mean=IMAGE_MEAN, image_std=IMAGE_STD)
+        processor.image_seq_length = tokens  # PaliGemma's processor reads it here (and it is saved with it)
+        return processor
+    if family == "llava_onevision":
+        from transformers import LlavaOnevisionImageProcessorPil
+
+        tile = image_size // 2
+        return LlavaOnevisionImageProcessorPil(size={"height": tile, "width": tile},
+                                               image_grid_pinpoints=_grid_pinpoints(tile), image_mean=IMAGE_MEAN,
+                                               image_std=IMAGE_STD)
+    if family in QWEN_FAMILIES:
         from transformers import Qwen2VLImageProcessorPil
 
         # Resize every image so that it gives (image_size / 16)^2 merged tokens, as many as the LLaVA tiny model.
@@ -130,14 +214,39 @@ def tiny_image_processor(family: str, image_size: int):
 
 
 def tiny_processor(family: str, image_processor, tokenizer: PreTrainedTokenizerFast):
-    if family == "qwen2_vl":
-        if not is_torchvision_available():
-            raise ValueError("the qwen2_vl family needs torchvision: transformers builds Qwen2-VL processors with a "
-                             "video processor, which requires it (pip install torchvision)")
-        from transformers import Qwen2VLProcessor, Qwen2VLVideoProcessor
+    template = tokenizer.chat_template
+    if family in VIDEO_PROCESSOR_FAMILIES:
+        from transformers import (LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor, Qwen2_5_VLProcessor,
+                                  Qwen2VLProcessor, Qwen2VLVideoProcessor)
 
-        return Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                video_processor=Qwen2VLVideoProcessor(), chat_template=tokenizer.chat_template)
+        from gflowvlm.model.image_only_processors import IMAGE_ONLY_PROCESSORS
+
+        library = {"qwen2_vl": Qwen2VLProcessor, "qwen2_5_vl": Qwen2_5_VLProcessor,
+                   "llava_onevision": LlavaOnevisionProcessor}[family]
+        kwargs = dict(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
+        if family == "llava_onevision":
+            kwargs.update(num_image_tokens=(image_processor.size["height"] // PATCH) ** 2,
+                          vision_feature_select_strategy="full")
+        if not is_torchvision_available():  # the same processor without the video part, saved as the library's
+            return IMAGE_ONLY_PROCESSORS[library.__name__](**kwargs)
+        video = LlavaOnevisionVideoProcessor() if family == "llava_onevision" else Qwen2VLVideoProcessor()
+        return library(**kwargs, video_processor=video)
+    tokens = (image_processor_size(image_processor) // PATCH) ** 2
+    if family == "idefics3":
+        from transformers import Idefics3Processor
+
+        return Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=tokens,
+                                 chat_template=template)
+    if family == "gemma3":
+        from transformers import Gemma3Processor
+
+        return Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=tokens,
+                               chat_template=template)
+    if family == "paligemma":
+        from transformers import PaliGemmaProcessor
+
+        # Adds PaliGemma's <loc0000>..<seg127> tokens to the tokenizer: the model is built after the processor.
+        return PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
     processor_class = LlavaNextProcessor if family == "llava_next" else LlavaProcessor
     # num_additional_image_tokens=1: CLIP's CLS token, which the "default" strategy then drops again.
     return processor_class(image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH,
@@ -145,10 +254,18 @@ def tiny_processor(family: str, image_processor, tokenizer: PreTrainedTokenizerF
                            chat_template=tokenizer.chat_template)
 
 
+def image_processor_size(image_processor) -> int:
+    size = image_processor.size
+    return int(size.get("longest_edge") or size.get("height") or size["shortest_edge"])
+
+
 def tiny_model(config, seed: int):
     """Randomly initialised weights, identical for the same config and seed (the global RNG is left alone)."""
     model_class = {LlavaConfig: LlavaForConditionalGeneration, LlavaNextConfig: LlavaNextForConditionalGeneration,
-                   Qwen2VLConfig: Qwen2VLForConditionalGeneration}[type(config)]
+                   Qwen2VLConfig: Qwen2VLForConditionalGeneration, Qwen2_5_VLConfig: Qwen2_5_VLForConditionalGeneration,
+                   Idefics3Config: Idefics3ForConditionalGeneration, Gemma3Config: Gemma3ForConditionalGeneration,
+                   PaliGemmaConfig: PaliGemmaForConditionalGeneration,
+                   LlavaOnevisionConfig: LlavaOnevisionForConditionalGeneration}[type(config)]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_class(config)
@@ -223,7 +340,7 @@ def make_tiny_model_main(argv: list[str] | None = None) -> int:
                 print(f"note: the recipe of these envs renders them at {recipe_image_size(args.align)} px; "
                       f"at {image_size} px some of their text may be too small to read")
             image_size = image_size or recipe_image_size(args.align)
-            tower = tower or (recipe_vision_tower(args.align) if args.family != "qwen2_vl" else None)
+            tower = tower or (recipe_vision_tower(args.align) if args.family not in ONE_TOWER_FAMILIES else None)
         image_size, tower = image_size or 64, tower or "small"
         check_image_size(args.family, image_size)
         check_vision_tower(args.family, tower)

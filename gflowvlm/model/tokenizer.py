@@ -51,6 +51,28 @@ QWEN2_VL_CHAT_TEMPLATE = (
     "<|im_end|>{{ '\\n' }}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant{{ '\\n' }}{% endif %}"
 )
 
+# SmolVLM's layout ("User:<image>...<end_of_utterance>\nAssistant:"); the processor expands <image> into
+# <fake_token_around_image><global-img><image>*n<fake_token_around_image>.
+IDEFICS3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{{ message['role'] | capitalize }}:"
+    + _CONTENT.replace("IMAGE", "<image>") +
+    "<end_of_utterance>{{ '\\n' }}{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+# Gemma's turns; the assistant is "model". Gemma 3's processor expands <start_of_image> into the image block.
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<start_of_turn>"
+    "{{ 'model' if message['role'] == 'assistant' else message['role'] }}{{ '\\n' }}"
+    + _CONTENT.replace("IMAGE", "<start_of_image>") +
+    "<end_of_turn>{{ '\\n' }}{% endfor %}{% if add_generation_prompt %}<start_of_turn>model{{ '\\n' }}{% endif %}"
+)
+# PaliGemma has no chat turns: image tokens, the prefix text and a newline (the processor puts BOS after the image
+# tokens); the answer (suffix) follows.
+PALIGEMMA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'assistant' %}"
+    + _CONTENT.replace("IMAGE", "") + "{{ eos_token }}{% else %}"
+    + _CONTENT.replace("IMAGE", "<image>") + "{{ '\\n' }}{% endif %}{% endfor %}"
+)
+
 TOKENIZER_SPECS = {
     "llava": TokenizerSpec(pad="<pad>", eos="</s>", bos="<s>", extra={"image_token": "<image>"},
                            chat_template=LLAVA_CHAT_TEMPLATE),
@@ -60,6 +82,21 @@ TOKENIZER_SPECS = {
                "vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>",
                "im_start_token": "<|im_start|>"},
         chat_template=QWEN2_VL_CHAT_TEMPLATE),
+    "llava_onevision": TokenizerSpec(pad="<pad>", eos="</s>", bos="<s>",
+                                     extra={"image_token": "<image>", "video_token": "<video>"},
+                                     chat_template=LLAVA_CHAT_TEMPLATE),
+    "idefics3": TokenizerSpec(
+        pad="<pad>", eos="<end_of_utterance>", bos="<|im_start|>",
+        extra={"image_token": "<image>", "fake_image_token": "<fake_token_around_image>",
+               "global_image_token": "<global-img>"},
+        chat_template=IDEFICS3_CHAT_TEMPLATE),
+    "gemma3": TokenizerSpec(
+        pad="<pad>", eos="<end_of_turn>", bos="<bos>",
+        extra={"image_token": "<image_soft_token>", "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+               "start_of_turn_token": "<start_of_turn>"},
+        chat_template=GEMMA3_CHAT_TEMPLATE),
+    "paligemma": TokenizerSpec(pad="<pad>", eos="<eos>", bos="<bos>", extra={"image_token": "<image>"},
+                               chat_template=PALIGEMMA_CHAT_TEMPLATE),
 }
 
 

@@ -51,6 +51,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from gflowvlm.model.families import response_token_types
+
 INSTRUCTION = "Describe the state shown in the image."
 IGNORE_INDEX = -100
 # Fill values when padding per-token tensors; other per-token keys a processor may return (token_type_ids,
@@ -193,12 +195,16 @@ def encode_prompt(processor, image: np.ndarray) -> dict[str, torch.Tensor]:
     return {k: v for k, v in encoded.items() if isinstance(v, torch.Tensor)}
 
 
-def encode_example(processor, image: np.ndarray, caption: str) -> dict[str, torch.Tensor]:
+def encode_example(processor, image: np.ndarray, caption: str,
+                   caption_token_types: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
     """Prompt + caption + eos, with labels = IGNORE_INDEX everywhere but the caption and eos tokens.
 
     The caption is tokenised on its own and appended to the prompt ids, so the prompt/caption boundary is exact
-    whatever the tokenizer would merge across it.
+    whatever the tokenizer would merge across it. `caption_token_types`: per-token inputs whose caption tokens are
+    not 0 (`families.response_token_types`: PaliGemma marks the answer 1, else its prefix-LM would let each caption
+    token see the ones after it).
     """
+    caption_token_types = caption_token_types or {}
     tokenizer = processor.tokenizer
     if tokenizer.eos_token_id is None:
         raise ValueError("encode_example: the tokenizer has no eos token to end captions with")
@@ -208,7 +214,9 @@ def encode_example(processor, image: np.ndarray, caption: str) -> dict[str, torc
     prompt_ids = encoded["input_ids"]
     for key in _token_keys(encoded):
         if key != "input_ids":  # other per-token tensors (token type ids): caption tokens are plain text, 0
-            encoded[key] = torch.cat([encoded[key], torch.zeros_like(caption_tensor, dtype=encoded[key].dtype)], 1)
+            value = caption_token_types.get(key, 0)
+            encoded[key] = torch.cat([encoded[key], torch.full_like(caption_tensor, value, dtype=encoded[key].dtype)],
+                                     1)
     encoded["input_ids"] = torch.cat([prompt_ids, caption_tensor], dim=1)
     encoded["attention_mask"] = torch.ones_like(encoded["input_ids"])
     encoded["labels"] = torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), caption_tensor], dim=1)
@@ -352,6 +360,7 @@ def align_vision(model, processor, pairs: Sequence[CaptionPair] | Mapping[str, S
     step, loss_sum, loss_count = 0, 0.0, 0
     started = time.perf_counter()
     was_training = model.training
+    caption_types = response_token_types(model)
     model.train()
     # disable=None: no bar when stderr is not a terminal (a log file would fill with carriage returns)
     bar = tqdm(total=config.steps, desc="vision alignment", disable=None if progress else True)
@@ -365,7 +374,8 @@ def align_vision(model, processor, pairs: Sequence[CaptionPair] | Mapping[str, S
             factor = config.lr_factor(step)
             for group in optimizer.param_groups:
                 group["lr"] = group["peak"] * factor
-            examples = [encode_example(processor, *pair) for pair in _draw(groups, config.batch_size, sampler)]
+            examples = [encode_example(processor, *pair, caption_types)
+                        for pair in _draw(groups, config.batch_size, sampler)]
             batch = _to_model(model, collate(examples, pad_id, left=False))
             loss = caption_loss(model, batch)
             optimizer.zero_grad(set_to_none=True)

@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from gflowvlm.cli import UserError
+from gflowvlm.errors import UserError
 
 PREFIX = "checkpoint-"
 MANIFEST = "manifest.json"

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from gflowvlm.errors import UserError  # also re-exported: gflowvlm.cli.UserError is the same class
+
 # name -> (module:function taking argv and returning an exit code, one-line help)
 COMMANDS = {
     "train": ("gflowvlm.commands.train:main", "train with a config (tb, vartb, subtb, db, ppo, grpo, sft)"),
@@ -26,10 +28,6 @@ COMMANDS = {
 
 # Commands whose numbers must repeat run to run: their thread count may not depend on the load (see threads.py).
 REPEATABLE_COMMANDS = ("reproduce", "demo")
-
-
-class UserError(Exception):
-    """An error caused by the user's input: printed as one line, exit code 2."""
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:

@@ -313,7 +313,7 @@ def validate(config: RunConfig) -> None:
 
 def _check_env(config: RunConfig) -> None:
     """env.id, env.split, env.kwargs and collect.expert_strategy against the env class's signature (not made)."""
-    from gflowvlm.cli import UserError  # deferred: gymnasium and the envs import only when a config is checked
+    from gflowvlm.errors import UserError  # deferred: gymnasium and the envs import only when a config is checked
     from gflowvlm.env_factory import check_env_options, check_has_expert
 
     env = config.env

@@ -24,7 +24,7 @@ from gymnasium.envs.registration import load_env_creator
 
 import envs  # noqa: F401  (registers the built-in games)
 from envs.base import VLMEnv
-from gflowvlm.cli import UserError
+from gflowvlm.errors import UserError
 
 # Options the framework passes from env.split / env.reward / env.image_size / env.max_steps, never from env.kwargs.
 FRAMEWORK_OPTIONS = ("split", "reward", "image_size", "max_steps")

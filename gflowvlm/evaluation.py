@@ -28,10 +28,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from gflowvlm import checkpoint
-from gflowvlm.cli import UserError
 from gflowvlm.collector import Collector, GenerateFn
 from gflowvlm.config import GenerationConfig, ModelConfig, RunConfig, load_config
 from gflowvlm.env_factory import make_env
+from gflowvlm.errors import UserError
 from gflowvlm.seeding import Stream, stream_seed
 from gflowvlm.stats import div_at_k, wilson_interval
 from gflowvlm.trajectory import Trajectory

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from gflowvlm import checkpoint
-from gflowvlm.cli import UserError
 from gflowvlm.config import RunConfig, config_to_dict
 from gflowvlm.config_schema import ConfigError, load_yaml
+from gflowvlm.errors import UserError
 
 CONFIG_FILE = "config.yaml"
 # Keys a resumed run may change: they do not enter the arithmetic of a step. `steps` / `max_env_steps` extend or

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gflowvlm.cli import UserError
+from gflowvlm.errors import UserError
 from gflowvlm.trajectory import Trajectory
 
 

@@ -16,11 +16,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from gflowvlm.cli import UserError
 from gflowvlm.collector import play_expert
 from gflowvlm.config import FIELD_BOUNDS, PromptConfig
 from gflowvlm.config_schema import ConfigError, check_output_dir, check_output_file
 from gflowvlm.env_factory import check_env_options, check_has_expert, make_env
+from gflowvlm.errors import UserError
 from gflowvlm.prompting import Prompt, PromptBuilder, check_prompt_config
 
 DONE_TOKEN = "[DONE]"

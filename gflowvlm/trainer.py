@@ -27,8 +27,8 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from gflowvlm import checkpoint, run_directory, sharding
-from gflowvlm.cli import UserError
 from gflowvlm.config import RunConfig, config_to_dict
+from gflowvlm.errors import UserError
 from gflowvlm.gflownet_loss import required_heads
 from gflowvlm.parse_watch import ParseRateWatch
 from gflowvlm.run_logger import RunLogger

@@ -88,7 +88,7 @@ class SFTAnchor:
         if self.coef > 0:
             self.records = [r for r in read_sft_data(trainer.config.anchor.data) if not r.get("done")]
             if not self.records:
-                from gflowvlm.cli import UserError  # deferred like every library module's
+                from gflowvlm.errors import UserError  # deferred like every library module's
                 raise UserError(f"anchor.data {trainer.config.anchor.data} holds only [DONE] records")
 
     def backward(self, iteration: int, index: int = 0) -> dict[str, float]:

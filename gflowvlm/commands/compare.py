@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from gflowvlm.cli import UserError
 from gflowvlm.config_schema import check_output_dir
+from gflowvlm.errors import UserError
 from gflowvlm.report import (EvalResult, RunResults, finite, markdown_table, method_name, plot_split_bars,
                              plot_success_curves, sources)
 

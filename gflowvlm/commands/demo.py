@@ -20,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from gflowvlm.cli import UserError
+from gflowvlm.errors import UserError
 
 RECIPE = Path(__file__).resolve().parents[2] / "configs" / "reproduce" / "numberline.yaml"
 METHODS = ("sft", "subtb-off")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from gflowvlm.cli import UserError
+from gflowvlm.errors import UserError
 
 
 class _Parser(argparse.ArgumentParser):

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from gflowvlm.cli import UserError
 from gflowvlm.config import PromptConfig
+from gflowvlm.errors import UserError
 
 
 class _Parser(argparse.ArgumentParser):

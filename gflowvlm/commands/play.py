@@ -15,10 +15,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from gflowvlm.cli import UserError
 from gflowvlm.config import FIELD_BOUNDS
 from gflowvlm.config_schema import check_output_dir
 from gflowvlm.env_factory import check_env_options, check_has_expert, make_env
+from gflowvlm.errors import UserError
 from gflowvlm.stats import wilson_interval
 
 

@@ -26,7 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gflowvlm.cli import UserError
+from gflowvlm.errors import UserError
 
 
 class _Parser(argparse.ArgumentParser):

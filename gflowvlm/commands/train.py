@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gflowvlm.cli import UserError
 from gflowvlm.config import check_run_paths, load_config
+from gflowvlm.errors import UserError
 
 
 class _Parser(argparse.ArgumentParser):

@@ -18,8 +18,8 @@ from safetensors import SafetensorError
 from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
 
 from gflowvlm import checkpoint
-from gflowvlm.cli import UserError
 from gflowvlm.config import ModelConfig
+from gflowvlm.errors import UserError
 from gflowvlm.model.families import QUANTIZATION_SKIP_MODULES
 from gflowvlm.model.tokenizer import DONE_TOKEN
 

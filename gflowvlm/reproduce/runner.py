@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gflowvlm.cli import UserError
+from gflowvlm.errors import UserError
 from gflowvlm.evaluation import write_json
 from gflowvlm.reproduce.recipe import REFERENCE_ROWS, SFT_METHOD, Recipe
 from gflowvlm.reproduce.results import git_commit

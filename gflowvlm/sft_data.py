@@ -22,8 +22,7 @@ from gflowvlm.config_schema import ConfigError, check_output_dir, check_output_f
 from gflowvlm.env_factory import check_env_options, check_has_expert, make_env
 from gflowvlm.errors import UserError
 from gflowvlm.prompting import Prompt, PromptBuilder, check_prompt_config
-
-DONE_TOKEN = "[DONE]"
+from gflowvlm.tokens import DONE_TOKEN
 
 
 def write_sft_data(env_id: str, out: str | Path, samples: int, split: str = "id", done_fraction: float = 0.0,

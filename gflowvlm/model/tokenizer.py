@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-DONE_TOKEN = "[DONE]"
+from gflowvlm.tokens import DONE_TOKEN  # also imported from here by the model code
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import math
 import torch
 from torch import Tensor
 
+from gflowvlm._shapes import shape_text as _shape
 from gflowvlm.objectives import trajectory_lengths
 
 __all__ = [
@@ -32,10 +33,6 @@ __all__ = [
 
 # Floor of log R: R = 1e-10, the reward GFlowVLM gives a lost Blackjack hand (and the envs' own floor).
 DEFAULT_MIN_LOG_REWARD = math.log(1e-10)
-
-
-def _shape(tensor: Tensor) -> str:
-    return "[" + ", ".join(str(size) for size in tensor.shape) + "]"
 
 
 def _check(name: str, value: Tensor, allowed: list[tuple[int, ...]]) -> None:

@@ -22,6 +22,8 @@ import math
 import torch
 from torch import Tensor
 
+from gflowvlm._shapes import shape_text as _shape
+
 __all__ = [
     "trajectory_balance",
     "log_partition_variance",
@@ -29,10 +31,6 @@ __all__ = [
     "detailed_balance",
     "trajectory_lengths",
 ]
-
-
-def _shape(tensor: Tensor) -> str:
-    return "[" + ", ".join(str(size) for size in tensor.shape) + "]"
 
 
 def trajectory_lengths(mask: Tensor) -> Tensor:

@@ -15,19 +15,15 @@ from typing import Any
 
 import yaml
 
+from gflowvlm.commands._parser import Parser
 from gflowvlm.config_schema import check_output_dir
 from gflowvlm.errors import UserError
 from gflowvlm.report import (EvalResult, RunResults, finite, markdown_table, method_name, plot_split_bars,
                              plot_success_curves, sources)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UserError(message)
-
-
 def main(argv: list[str]) -> int:
-    parser = _Parser(prog="gflowvlm compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="gflowvlm compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run output directories")
     parser.add_argument("--out", default="comparison", metavar="DIR", help="where the table and plots go")
     parser.add_argument("--smoothing", type=float, default=0.6,

@@ -20,15 +20,11 @@ import json
 import time
 from pathlib import Path
 
+from gflowvlm.commands._parser import Parser
 from gflowvlm.errors import UserError
 
 RECIPE = Path(__file__).resolve().parents[2] / "configs" / "reproduce" / "numberline.yaml"
 METHODS = ("sft", "subtb-off")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UserError(message)
 
 
 def recipe_overrides(args: argparse.Namespace) -> list[str]:
@@ -53,7 +49,7 @@ def recipe_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    parser = _Parser(prog="gflowvlm demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="gflowvlm demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_out")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--align-steps", type=int, help="upper bound of caption pre-training steps (default: the env's alignment recipe)")

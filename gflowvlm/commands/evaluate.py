@@ -12,18 +12,12 @@ from __future__ import annotations
 
 import argparse
 
+from gflowvlm.commands._parser import Parser
 from gflowvlm.errors import UserError
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse's usage errors become a UserError: one line on stderr, exit code 2 (as every other bad input)."""
-
-    def error(self, message: str):
-        raise UserError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="gflowvlm eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="gflowvlm eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_argument_group("what to evaluate (--checkpoint, --model, or both)")
     source.add_argument("--checkpoint", metavar="DIR", help="run, checkpoint-* or adapter directory")
     source.add_argument("--model", metavar="NAME_OR_PATH",

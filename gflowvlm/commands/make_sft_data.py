@@ -8,20 +8,13 @@ from __future__ import annotations
 
 import argparse
 
+from gflowvlm.commands._parser import Parser
 from gflowvlm.config import PromptConfig
-from gflowvlm.errors import UserError
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse's usage errors become a UserError: one line on stderr, exit code 2 (as every other bad input)."""
-
-    def error(self, message: str):
-        raise UserError(message)
 
 
 def main(argv: list[str]) -> int:
-    parser = _Parser(prog="gflowvlm make-sft-data", description=__doc__,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="gflowvlm make-sft-data", description=__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", required=True)
     parser.add_argument("--split", default="id")
     parser.add_argument("--samples", type=int, required=True, help="records to write (action + [DONE] samples)")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from gflowvlm.commands._parser import Parser
 from gflowvlm.config import FIELD_BOUNDS
 from gflowvlm.config_schema import check_output_dir
 from gflowvlm.env_factory import check_env_options, check_has_expert, make_env
@@ -22,15 +23,8 @@ from gflowvlm.errors import UserError
 from gflowvlm.stats import wilson_interval
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse's usage errors become a UserError: one line on stderr, exit code 2 (as every other bad input)."""
-
-    def error(self, message: str):
-        raise UserError(message)
-
-
 def main(argv: list[str]) -> int:
-    parser = _Parser(prog="gflowvlm play", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="gflowvlm play", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", action="append", required=True, help="environment id (repeatable)")
     parser.add_argument("--split", default="id")
     parser.add_argument("--episodes", type=int, default=1)

@@ -26,17 +26,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gflowvlm.commands._parser import Parser
 from gflowvlm.errors import UserError
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UserError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="gflowvlm reproduce", description=__doc__,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="gflowvlm reproduce", description=__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", required=True, metavar="FILE", help="configs/reproduce/<env>.yaml")
     parser.add_argument("--out", required=True, metavar="DIR", help="where the cells, results and report go")
     parser.add_argument("--seeds", metavar="S,S,...", help="seeds to run (default: the recipe's)")

@@ -1,22 +1,15 @@
 """`gflowvlm train --config FILE [key.sub=value ...]` (also under `accelerate launch -m gflowvlm train ...`)."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from gflowvlm.commands._parser import Parser
 from gflowvlm.config import check_run_paths, load_config
 from gflowvlm.errors import UserError
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse's usage errors become a UserError: one line on stderr, exit code 2 (as every other bad input)."""
-
-    def error(self, message: str):
-        raise UserError(message)
-
-
 def main(argv: list[str]) -> int:
-    parser = _Parser(prog="gflowvlm train", description=__doc__)
+    parser = Parser(prog="gflowvlm train", description=__doc__)
     parser.add_argument("--config", required=True, help="YAML run config (see configs/; `base: FILE` composes)")
     parser.add_argument("--resume", metavar="DIR", help="resume from this checkpoint directory")
     parser.add_argument("overrides", nargs="*", help="config overrides such as optim.lr=1e-5")

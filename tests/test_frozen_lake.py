@@ -10,7 +10,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from gymnasium.utils.env_checker import check_env
 
 import envs  # noqa: F401  (registers the environments)
 from envs.base import MIN_LOG_REWARD
@@ -225,9 +224,8 @@ def test_images_have_the_declared_size_and_follow_the_agent(size):
 
 @pytest.mark.parametrize("split", ["id", "ood"])
 @pytest.mark.parametrize("reward", ["rl4vlm", "gflowvlm"])
-def test_gymnasium_env_checker_passes(split, reward):
+def test_reset_gives_the_action_names(split, reward):  # gymnasium's checker: test_check_env.py
     env = gym.make(ENV_ID, split=split, reward=reward, image_size=64)
-    check_env(env.unwrapped)
     _, info = env.reset(seed=0)
     assert info["admissible_actions"] == ["left", "down", "right", "up"]
 

@@ -7,7 +7,6 @@ from collections import Counter
 import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env
 
 import envs  # noqa: F401  (registers the environments)
 from envs.formula_solver import find_solution
@@ -39,15 +38,7 @@ def run_oracle(env, seed, options=None):
             return total, info
 
 
-# ----- registration, action sets, gymnasium's checker ------------------------------------------------------
-@pytest.mark.parametrize("env_id", [EZ, P24])
-@pytest.mark.parametrize("split", ["id", "ood"])
-@pytest.mark.parametrize("reward", ["rl4vlm", "gflowvlm"])
-def test_gymnasium_env_checker(env_id, split, reward):
-    env = gym.make(env_id, split=split, reward=reward, image_size=64)
-    check_env(env.unwrapped, skip_render_check=False)
-
-
+# ----- registration, action sets (gymnasium's checker: test_check_env.py) ----------------------------------------
 def test_action_vocabularies_and_horizons():
     ez, p24 = make(EZ), make(P24)
     assert isinstance(ez, EZPointsEnv) and isinstance(p24, Points24Env)

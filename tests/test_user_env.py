@@ -65,12 +65,6 @@ if ENV_ID not in gym.registry:
     gym.register(ENV_ID, entry_point=PickColourEnv)
 
 
-def test_the_user_env_passes_the_checker():
-    from gymnasium.utils.env_checker import check_env
-
-    check_env(gym.make(ENV_ID, image_size=32).unwrapped)
-
-
 @pytest.mark.parametrize("algorithm, extra", [
     ("tb", []), ("vartb", ["collect.trajectories_per_task=2"]), ("subtb", ["objective.flow=done"]),
     ("subtb", ["objective.flow=forward_looking"]), ("db", ["objective.flow=head"]), ("ppo", ["env.reward=rl4vlm"]),

@@ -16,8 +16,6 @@ from typing import Any, Literal
 from gflowvlm.config_schema import (ConfigError, apply_overrides, check_output_dir, from_dict, load_composed_yaml,
                                     to_dict)
 
-ALGORITHMS = ("tb", "vartb", "subtb", "db", "ppo", "grpo", "sft")
-
 
 @dataclass
 class ModelConfig:
@@ -346,12 +344,8 @@ def config_to_dict(config: RunConfig) -> dict:
     return to_dict(config)
 
 
-def replace(config: RunConfig, **changes: Any) -> RunConfig:
-    return dataclasses.replace(config, **changes)
-
-
 __all__ = [
-    "ALGORITHMS", "ConfigError", "RunConfig", "ModelConfig", "GenerationConfig", "PromptConfig", "EnvConfig",
+    "ConfigError", "RunConfig", "ModelConfig", "GenerationConfig", "PromptConfig", "EnvConfig",
     "CollectConfig", "ObjectiveConfig", "PPOConfig", "GRPOConfig", "SFTConfig", "AnchorConfig", "OptimConfig",
     "LoggingConfig",
     "load_config", "validate", "check_fields", "check_run_paths", "FIELD_BOUNDS", "config_to_dict",

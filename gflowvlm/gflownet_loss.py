@@ -15,8 +15,6 @@ from gflowvlm import flows, objectives
 from gflowvlm.config import RunConfig
 from gflowvlm.trajectory import Trajectory, pad_per_step, step_mask
 
-GFLOWNET_ALGORITHMS = ("tb", "vartb", "subtb", "db")
-
 
 def required_heads(config: RunConfig) -> tuple[str, ...]:
     """The heads an algorithm trains (DDP needs every trainable parameter to get a gradient each step)."""

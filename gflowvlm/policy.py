@@ -7,8 +7,8 @@
     log_z = policy.head("log_z", scores.hidden)
 
 Scoring goes through `forward(batch)` because under DDP only the prepared module's forward synchronises gradients.
-The chat template is applied here (one user message: the image, then `Prompt.text`); the pieces live in
-gflowvlm/model/ (loading, adapters, heads, batching, scoring, generation).
+The pieces live in gflowvlm/model/ (loading, adapters, heads, batching, scoring, generation); the chat template is
+applied in gflowvlm/model/batching.py (one user message: the image, then `Prompt.text`).
 
 Saved directory (`save_pretrained`): the peft adapter (adapter_config.json + adapter_model.safetensors, loadable
 with `peft.PeftModel.from_pretrained(base, directory)`) or, for full fine-tuning, the whole model; the heads
@@ -56,8 +56,6 @@ class Generation:
 
 
 class VLMPolicy(torch.nn.Module):
-    done_token: str = DONE_TOKEN
-
     def __init__(self, model: torch.nn.Module, processor: Any, config: ModelConfig,
                  heads: Sequence[str] = ("log_z", "flow", "value")):
         super().__init__()

@@ -8,7 +8,10 @@
              checkpoint: temporary directory, manifest, rename)
     resume:  newest complete checkpoint, verified (manifest, keys, shapes, finite values) before anything is applied
 
-Algorithms (gflowvlm/algorithms/) only implement `update`; everything a run shares lives here.
+Algorithms (gflowvlm/algorithms/) implement `update(iteration)` (collect, score, loss, backward, then
+`Trainer.optimizer_step`, which clips, steps, schedules and skips non-finite losses) and `state_dict` /
+`load_state_dict` for what they keep between steps (e.g. the replay buffer); the loop, optimizer, metrics and
+checkpoints live here.
 """
 from __future__ import annotations
 

@@ -205,6 +205,19 @@ def test_a_fully_trained_vision_tower_is_saved_in_the_adapter(tiny_dir, tmp_path
             if "modules_to_save" in name and parameter.requires_grad:
                 parameter.mul_(1.1)
     reloaded = assert_reload_reproduces_scores(policy, tmp_path)
+    perturbed, saved = vision_tower_copy(policy), vision_tower_copy(reloaded)
+    fresh = vision_tower_copy(make_policy(tiny_dir, vision="full"))
+    assert perturbed and saved.keys() == perturbed.keys() == fresh.keys()
+    assert all(torch.equal(saved[name], perturbed[name]) for name in perturbed)
+    # x * 1.1 != x for every nonzero x: each tensor that is not all zeros was moved away from a fresh build's.
+    assert [n for n in perturbed if not torch.equal(perturbed[n], fresh[n])] == [n for n in fresh if fresh[n].any()]
+    assert any(fresh[name].any() for name in fresh)
+
+
+def vision_tower_copy(policy) -> dict[str, torch.Tensor]:
+    """The vision tower's trained copy (peft's modules_to_save), by parameter name."""
+    return {name: parameter.detach().clone() for name, parameter in policy.model.named_parameters()
+            if "vision_tower.modules_to_save" in name}
 
 
 def test_init_from_starts_from_a_saved_adapter(policy, tiny_dir, tmp_path):

@@ -61,6 +61,9 @@ test-torchvision: setup-torchvision
 	$(TV_PY) -c "import torchvision"
 	$(TV_PY) -m pytest -q tests/test_policy_families.py tests/test_policy_qwen2_vl.py tests/test_model_tiny_vlm.py
 
+lint: setup
+	$(VENV)/bin/ruff check gflowvlm tests scripts
+
 test-slow: setup
 	$(PY) -m pytest -q -m slow
 

@@ -2,8 +2,8 @@
 
 A task is (env id, reset seed). For each task the buffer keeps the top `capacity` trajectories by final log-reward,
 deduplicated by their action sequence (the same object twice would only re-weight it). Tasks are seeds, so new
-ones keep coming: beyond `max_tasks` the least recently added task is evicted, which bounds memory. Trajectories are stored
-without log-probabilities: they are always rescored under the current policy.
+ones keep coming: beyond `max_tasks` the least recently added task is evicted, which bounds memory. Trajectories are
+stored without log-probabilities: they are always rescored under the current policy.
 
 The buffer is checkpointed as JSON-able data plus the prompt images (see `state_dict`), never with pickle.
 """

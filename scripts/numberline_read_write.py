@@ -83,7 +83,8 @@ def main() -> None:
     args = parser.parse_args()
     from gflowvlm.reproduce.results import git_commit
 
-    print(json.dumps({"commit": git_commit(), "command": " ".join(["scripts/numberline_read_write.py", *sys.argv[1:]])}))
+    command = " ".join(["scripts/numberline_read_write.py", *sys.argv[1:]])
+    print(json.dumps({"commit": git_commit(), "command": command}))
     for model_dir in args.models:
         print(json.dumps({"model": model_dir, "exact_captions": reading(model_dir, args.pairs, args.seed)}))
     for transcript in args.transcripts:

@@ -115,7 +115,7 @@ def test_cli_base_errors_are_one_line(tmp_path, capsys):
 
 # ----- what the reader refuses ---------------------------------------------------------------------------------
 BILLION_LAUGHS = "".join(
-    [f'a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n']
+    ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n']
     + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 9)])
 
 

@@ -29,7 +29,8 @@ def test_demo_pipeline_is_wired_and_resumes(tmp_path):
     assert "GFlowVLM SubTB off-policy" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "seed0" / "subtb-off" / "run" / "final" / "adapter_config.json").exists()
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["command"].startswith("gflowvlm reproduce --recipe") and "--methods sft,subtb-off" in results["command"]
+    assert results["command"].startswith("gflowvlm reproduce --recipe")
+    assert "--methods sft,subtb-off" in results["command"]
     again = run_demo(tmp_path, *quick)
     assert "4 already done" in again.stdout  # every cell (random, oracle, sft, subtb-off) was finished
     assert json.loads((tmp_path / "summary.json").read_text())["seconds"] < summary["seconds"]

@@ -8,8 +8,6 @@ step. Without torchvision, Qwen2.5-VL's and LLaVA-OneVision's processors are the
 """
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch

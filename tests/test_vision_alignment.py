@@ -204,8 +204,9 @@ def test_early_stop_waits_for_every_env(tiny, number_line_pairs, monkeypatch):
     train, held_out = split_by_caption(number_line_pairs, 0.2, seed=0)
     easy, hard = held_out[:3], held_out[3:6]
     hard_curve = iter([0.0, 0.5, 0.97, 1.0])
+    easy_captions = {c for _, c in easy}
     monkeypatch.setattr(alignment, "caption_accuracy",
-                        lambda model, processor, group: 1.0 if group[0][1] in {c for _, c in easy} else next(hard_curve))
+                        lambda model, processor, group: 1.0 if group[0][1] in easy_captions else next(hard_curve))
     config = AlignmentConfig(steps=40, warmup_steps=1, batch_size=2, eval_every=3, target_accuracy=0.95)
     result = align_vision(copy.deepcopy(tiny[0]), tiny[1], train, config, progress=False,
                           eval_pairs={"easy": easy, "hard": hard})

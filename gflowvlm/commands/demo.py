@@ -52,7 +52,8 @@ def main(argv: list[str]) -> int:
     parser = Parser(prog="gflowvlm demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_out")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--align-steps", type=int, help="upper bound of caption pre-training steps (default: the env's alignment recipe)")
+    parser.add_argument("--align-steps", type=int,
+                        help="upper bound of caption pre-training steps (default: the env's alignment recipe)")
     parser.add_argument("--sft-samples", type=int, help="SFT records (recipe: 3000)")
     parser.add_argument("--sft-steps", type=int, help="SFT optimizer steps (recipe: 300)")
     parser.add_argument("--budget-env-steps", type=int, help="SubTB's environment steps (the recipe's budget)")

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gflowvlm.report import _pyplot, _type_key, env_name, grouped_bars, save_figure, split_name, style_curve_axis, task_type_name
+from gflowvlm.report import (_pyplot, _type_key, env_name, grouped_bars, save_figure, split_name, style_curve_axis,
+                             task_type_name)
 from gflowvlm.reproduce.results import aggregate
 
 REFERENCE_LABELS = {"random": "random (uniform admissible actions)", "oracle": "oracle (the env's expert)"}

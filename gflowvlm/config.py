@@ -98,6 +98,9 @@ class ObjectiveConfig:
     cot_weight: float = 0.4  # log P_F = log p(action) + cot_weight * log p(CoT) (the paper's lambda)
     reward_beta: float = 1.0  # R^beta: sharpen (beta > 1) or flatten the target distribution
     min_log_reward: float = -23.0  # log R is clipped from below (R = 1e-10 for Blackjack losses)
+    # alpha: the target becomes R^beta * P_start^alpha, P_start = the run's starting policy (init_from's SFT model)
+    # scoring the same responses; 0 = off (the paper's target R^beta). See gflowvlm/prior.py.
+    prior_weight: float = 0.0
     max_nonfinite_steps: int = 10  # stop the run after this many non-finite losses in a row
 
 
@@ -244,7 +247,8 @@ FIELD_BOUNDS: dict[str, Bound] = {
     "collect.replay_samples": NON_NEGATIVE,
     "collect.task_pool": NON_NEGATIVE,
     "objective.lam": POSITIVE, "objective.cot_weight": NON_NEGATIVE, "objective.reward_beta": POSITIVE,
-    "objective.min_log_reward": ANY, "objective.max_nonfinite_steps": POSITIVE,
+    "objective.min_log_reward": ANY, "objective.prior_weight": NON_NEGATIVE,
+    "objective.max_nonfinite_steps": POSITIVE,
     "ppo.cot_weight": NON_NEGATIVE, "ppo.gamma": UNIT, "ppo.gae_lambda": UNIT, "ppo.clip": POSITIVE,
     "ppo.epochs": POSITIVE, "ppo.minibatch_size": POSITIVE, "ppo.value_coef": NON_NEGATIVE,
     "anchor.coef": NON_NEGATIVE, "anchor.batch_size": POSITIVE,
@@ -300,6 +304,9 @@ def validate(config: RunConfig) -> None:
                           "samples of its task; a group of one has advantage 0 and learns nothing)")
     if config.algorithm == "sft" and not config.sft.data:
         raise ConfigError("sft needs sft.data (a JSONL file from `gflowvlm make-sft-data`)")
+    if config.objective.prior_weight > 0 and config.algorithm not in ("tb", "vartb", "subtb", "db"):
+        raise ConfigError(f"objective.prior_weight > 0 is for the GFlowNet objectives (tb, vartb, subtb, db), not "
+                          f"{config.algorithm} (grpo has grpo.kl_coef)")
     if config.anchor.coef > 0 and config.algorithm == "sft":
         raise ConfigError("anchor.coef > 0 is for the online methods; sft already trains on its data")
     if config.collect.replay_samples and not config.collect.replay_size:

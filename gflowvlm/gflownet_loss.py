@@ -7,11 +7,12 @@ the trajectories in one chunk go through ONE forward.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
 
-from gflowvlm import flows, objectives
+from gflowvlm import flows, objectives, prior
 from gflowvlm.config import RunConfig
 from gflowvlm.trajectory import Trajectory, pad_per_step, step_mask
 
@@ -56,9 +57,12 @@ def chunk_by_group(trajectories: Sequence[Trajectory], max_steps: int) -> list[l
     return chunks
 
 
-def gflownet_loss(model, policy, trajectories: Sequence[Trajectory], config: RunConfig
+def gflownet_loss(model, policy, trajectories: Sequence[Trajectory], config: RunConfig, reference=None
                   ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The objective's loss over `trajectories` (mean over trajectories) and statistics for logging."""
+    """The objective's loss over `trajectories` (mean over trajectories) and statistics for logging.
+
+    `reference` (algorithms.reference.StartingWeights) is needed when objective.prior_weight > 0: every row is
+    scored under it too, without a gradient, and the scores are tilted by the prior (gflowvlm/prior.py)."""
     objective = config.objective
     prompts, responses, rows = [], [], []
     for trajectory in trajectories:
@@ -72,7 +76,18 @@ def gflownet_loss(model, policy, trajectories: Sequence[Trajectory], config: Run
             prompts.append(trajectory.final_prompt)
             responses.append("")
     batch = policy.prepare_batch(prompts, responses)
+    reference_out = None
+    if objective.prior_weight > 0:
+        if reference is None:
+            raise ValueError("objective.prior_weight > 0 needs the run's starting weights (reference=)")
+        with reference.swapped_in():  # no gradient; the same forward (autocast, DDP) as the policy's below
+            reference_out = model(batch, cot_weight=objective.cot_weight)
     out = model(batch, cot_weight=objective.cot_weight)
+    raw_log_pf = out.log_pf
+    if reference_out is not None:
+        out = dataclasses.replace(
+            out, log_pf=prior.tilt(out.log_pf.float(), reference_out.log_pf.float(), objective.prior_weight),
+            done_logp=prior.tilt(out.done_logp.float(), reference_out.done_logp.float(), objective.prior_weight))
 
     lengths = [t.length for t in trajectories]
     width = max(lengths)
@@ -91,11 +106,14 @@ def gflownet_loss(model, policy, trajectories: Sequence[Trajectory], config: Run
     log_reward = state_log_reward.gather(1, n[:, None]).squeeze(1)
 
     stats: dict[str, float] = {
-        "log_pf": float(log_pf.sum(1).mean().detach()),
+        "log_pf": float(torch.where(mask, raw_log_pf.float()[index], zero).sum(1).mean().detach()),
         "action_logp": float(torch.where(mask, out.action_logp.float()[index], zero).sum(1).mean().detach()),
         "cot_logp": float(torch.where(mask, out.cot_logp.float()[index], zero).sum(1).mean().detach()),
         "log_reward": float(log_reward.mean()),
     }
+    if reference_out is not None:  # sum_t log P_F - log P_ref of a trajectory: a sampled KL estimate to the start
+        stats["log_ratio_to_start"] = float(
+            torch.where(mask, (raw_log_pf.float() - reference_out.log_pf.float())[index], zero).sum(1).mean().detach())
     algorithm = config.algorithm
     if algorithm == "tb":
         log_z = policy.head("log_z", out.hidden[index[:, 0]]).to(log_pf.dtype)

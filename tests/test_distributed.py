@@ -6,10 +6,13 @@ import pytest
 from helpers.launching import launch_two_ranks
 
 
-@pytest.mark.parametrize("algorithm, anchored", [("subtb", False), ("ppo", False), ("grpo", False), ("subtb", True)])
-def test_two_ranks_stay_identical_and_gather_metrics(tiny_vlm_dir, tmp_path, algorithm, anchored):
+@pytest.mark.parametrize("algorithm, anchored, prior", [
+    ("subtb", False, False), ("ppo", False, False), ("grpo", False, False), ("subtb", True, False),
+    ("subtb", False, True),  # the prior's reference forward (swapped weights, no gradient) runs through DDP too
+])
+def test_two_ranks_stay_identical_and_gather_metrics(tiny_vlm_dir, tmp_path, algorithm, anchored, prior):
     out = tmp_path / algorithm
-    anchor = []
+    anchor = ["objective.prior_weight=1"] if prior else []
     if anchored:  # the SFT anchor's backward runs under no_sync before the synced one: the ranks must still agree
         from gflowvlm.sft_data import write_sft_data
 
@@ -31,4 +34,5 @@ def test_two_ranks_stay_identical_and_gather_metrics(tiny_vlm_dir, tmp_path, alg
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all(("anchor_loss" in r) == anchored for r in records)
+    assert all(("log_ratio_to_start" in r) == prior for r in records)
     assert ranks[0]["params"] != ranks[0]["initial_params"]  # and they did train

@@ -10,6 +10,7 @@ import random
 import time
 
 from gflowvlm.algorithms.common import SFTAnchor, backward, make_generate, rollout_metrics, sync_context
+from gflowvlm.algorithms.reference import StartingWeights, check_whole_parameters
 from gflowvlm.collector import Collector
 from gflowvlm.gflownet_loss import chunk_by_group, gflownet_loss
 from gflowvlm.replay_buffer import ReplayBuffer
@@ -25,6 +26,11 @@ class GFlowNet:
         self.replay = ReplayBuffer(config.collect.replay_size, config.collect.replay_tasks)
         self.generate = make_generate(trainer)
         self.anchor = SFTAnchor(trainer)
+        self.reference: StartingWeights | None = None
+        if config.objective.prior_weight > 0:
+            check_whole_parameters(trainer.accelerator, "objective.prior_weight")
+            # Built before Trainer.resume runs: the run's starting weights (the SFT model), on a resume too.
+            self.reference = StartingWeights(trainer.policy.parameter_groups()[0])
         self.last_trajectories = []
 
     def update(self, iteration: int) -> dict[str, float]:
@@ -45,7 +51,8 @@ class GFlowNet:
             scale_total = len(batch) * config.optim.grad_accum
             for index, chunk in enumerate(chunks):
                 with sync_context(trainer, last_micro and index == len(chunks) - 1):
-                    loss, stats = gflownet_loss(trainer.model, trainer.policy, chunk, config)
+                    loss, stats = gflownet_loss(trainer.model, trainer.policy, chunk, config,
+                                                  self.reference)
                     finite &= backward(trainer, loss, len(chunk) / scale_total)
                 for key, value in {"loss": float(loss.detach()), **stats}.items():
                     metrics[key] = metrics.get(key, 0.0) + value * len(chunk) / scale_total

@@ -36,8 +36,7 @@ Choices, and why (these are ours: neither GFlowVLM nor RL4VLM runs GRPO):
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
@@ -45,7 +44,7 @@ from torch.nn.utils.rnn import pad_sequence
 from gflowvlm.algorithms.common import (SFTAnchor, backward, make_generate, minibatch_schedule, rollout_metrics,
                                        sync_context)
 from gflowvlm.algorithms.ppo import accumulate, clipped_policy_loss, ratio_statistics
-from gflowvlm.cli import UserError
+from gflowvlm.algorithms.reference import StartingWeights, check_whole_parameters
 from gflowvlm.collector import Collector
 from gflowvlm.seeding import Stream, stream_seed
 
@@ -95,28 +94,6 @@ def per_step_kl(new_token_logp: torch.Tensor, ref_token_logp: torch.Tensor, weig
     return ((torch.exp(diff) - diff - 1.0) * weights).sum(1)
 
 
-class StartingWeights:
-    """A copy of trainable tensors as they were when made; `swapped_in()` puts the copy in their place (no gradient)
-    and the current values back afterwards. The tensors are exchanged, not copied: no third set in memory."""
-
-    def __init__(self, parameters: Iterable[torch.nn.Parameter]):
-        self.parameters = list(parameters)
-        self.tensors = [p.detach().clone() for p in self.parameters]
-
-    @contextmanager
-    def swapped_in(self):
-        with torch.no_grad():
-            self._exchange()
-            try:
-                yield
-            finally:
-                self._exchange()
-
-    def _exchange(self) -> None:
-        for i, parameter in enumerate(self.parameters):
-            parameter.data, self.tensors[i] = self.tensors[i], parameter.data
-
-
 class GRPO:
     def __init__(self, trainer):
         self.trainer = trainer
@@ -126,7 +103,7 @@ class GRPO:
         self.anchor = SFTAnchor(trainer)
         self.reference: StartingWeights | None = None
         if trainer.config.grpo.kl_coef > 0:
-            _check_whole_parameters(trainer.accelerator)
+            check_whole_parameters(trainer.accelerator, "grpo.kl_coef")
             # Built before Trainer.resume runs: these are the run's starting weights, on a resume too.
             self.reference = StartingWeights(trainer.policy.parameter_groups()[0])
 
@@ -215,15 +192,3 @@ def _padded(rows: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
         raise RuntimeError(f"per-token tensors disagree: {tuple(out.shape)} vs {tuple(like.shape)} (the same "
                            "responses must tokenise the same in every batch)")
     return out
-
-
-def _check_whole_parameters(accelerator) -> None:
-    """The KL reference swaps whole tensors: a rank that holds only a shard of each (FSDP, ZeRO-3) cannot."""
-    from accelerate.utils import DistributedType
-
-    kind = accelerator.distributed_type
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    if kind == DistributedType.FSDP or (kind == DistributedType.DEEPSPEED and plugin is not None
-                                        and plugin.zero_stage == 3):
-        raise UserError("grpo.kl_coef > 0 needs every rank to hold whole parameters (DDP or ZeRO-1/2); under FSDP "
-                        "or ZeRO-3 set grpo.kl_coef=0")

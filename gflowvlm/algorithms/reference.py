@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import torch
 
-from gflowvlm.cli import UserError
+from gflowvlm.errors import UserError
 
 
 class StartingWeights:

@@ -17,17 +17,6 @@ from gflowvlm.config import RunConfig
 from gflowvlm.trajectory import Trajectory, pad_per_step, step_mask
 
 
-def required_heads(config: RunConfig) -> tuple[str, ...]:
-    """The heads an algorithm trains (DDP needs every trainable parameter to get a gradient each step)."""
-    if config.algorithm == "tb":
-        return ("log_z",)
-    if config.algorithm in ("subtb", "db") and config.objective.flow in ("head", "forward_looking"):
-        return ("flow",)
-    if config.algorithm == "ppo":
-        return ("value",)
-    return ()
-
-
 def needs_final_state(config: RunConfig, trajectory: Trajectory) -> bool:
     """Whether the last state z_n is scored too: the paper's [DONE] flows read log P([DONE] | z_n) there (every
     trajectory); forward-looking flows evaluate the head there when the trajectory was cut short."""

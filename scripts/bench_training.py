@@ -57,7 +57,7 @@ def main() -> None:
             f"output_dir={scratch.name}/run", "logging.progress=false", "optim.batch_size=512"])
 
     trainer = Trainer(config(16))
-    generate = make_generate(trainer)
+    generate = make_generate(trainer.context)
     # Rounds alternate between the batch sizes, so a machine that slows down or speeds up during the run (other
     # jobs, frequency scaling) weighs on both figures alike and the ratio stays meaningful.
     collectors = {}

@@ -38,7 +38,7 @@ def main() -> None:
     from gflowvlm.algorithms.common import make_generate
     from gflowvlm.collector import Collector
     from gflowvlm.config import load_config
-    from gflowvlm.gflownet_loss import chunk_by_group, gflownet_loss
+    from gflowvlm.algorithms.gflownet import chunk_by_group, gflownet_loss
     from gflowvlm.trainer import Trainer
 
     model = args.model

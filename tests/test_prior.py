@@ -13,7 +13,7 @@ from gflowvlm.algorithms.common import make_generate
 from gflowvlm.algorithms.reference import StartingWeights
 from gflowvlm.collector import Collector
 from gflowvlm.config import ConfigError, load_config, validate
-from gflowvlm.gflownet_loss import gflownet_loss
+from gflowvlm.algorithms.gflownet import gflownet_loss
 from gflowvlm.prior import tilt
 from gflowvlm.trainer import Trainer
 from gflowvlm.trajectory import step_mask

@@ -10,7 +10,7 @@ from gflowvlm import checkpoint
 from gflowvlm.algorithms.common import make_generate
 from gflowvlm.collector import Collector
 from gflowvlm.config import load_config
-from gflowvlm.gflownet_loss import gflownet_loss
+from gflowvlm.algorithms.gflownet import gflownet_loss
 from gflowvlm.sft_data import write_sft_data
 from gflowvlm.trainer import Trainer
 

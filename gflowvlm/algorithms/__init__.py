@@ -1,6 +1,6 @@
 """Training algorithms: one module each, holding the whole update (collect, score, loss, backward, step).
 
-    gflownet.py   tb, vartb, subtb, db (the update; the loss assembly is in gflowvlm/gflownet_loss.py)
+    gflownet.py   tb, vartb, subtb, db (the update and the loss assembly; the math is in objectives.py / flows.py)
     ppo.py        PPO (RL4VLM's)            grpo.py   GRPO / RLOO            sft.py   supervised fine-tuning
     common.py     what they share (generation, safe backward, rollout statistics, minibatches, the SFT anchor)
     reference.py  the run's starting weights (GRPO's KL, the GFlowNet prior)

@@ -129,7 +129,7 @@ class Trainer:
             started = time.perf_counter()
             metrics = self.algorithm.update(self.step)
             metrics = self._reduce(metrics)
-            self.env_steps += int(metrics.pop("env_steps_this_step", 0))
+            self.env_steps += int(metrics.pop("env_steps_this_iteration", 0))
             self.step += 1
             metrics.update(env_steps=self.env_steps, lr=self.scheduler.get_last_lr()[0],
                            seconds=time.perf_counter() - started)
@@ -190,14 +190,14 @@ class Trainer:
         return True
 
     def _reduce(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Mean over ranks (sums for counters named *_this_step)."""
+        """Mean over ranks (sums for counters named *_this_iteration)."""
         if self.accelerator.num_processes == 1:
             return metrics
         keys = sorted(metrics)
         values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=self.accelerator.device)
         summed = self.accelerator.reduce(values, reduction="sum").tolist()
         n = self.accelerator.num_processes
-        return {k: (v if k.endswith("_this_step") else v / n) for k, v in zip(keys, summed)}
+        return {k: (v if k.endswith("_this_iteration") else v / n) for k, v in zip(keys, summed)}
 
     # ----- checkpoints ------------------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:

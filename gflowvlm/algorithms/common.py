@@ -45,7 +45,7 @@ def rollout_metrics(trajectories: Sequence[Trajectory]) -> dict[str, float]:
         "illegal_rate": sum(s.illegal for s in steps) / max(1, len(steps)),
         "parse_rate": sum(s.parsed for s in steps) / max(1, len(steps)),
         "response_chars": sum(len(s.response) for s in steps) / max(1, len(steps)),
-        "env_steps_this_step": float(len(steps)),
+        "env_steps_this_iteration": float(len(steps)),
     }
 
 

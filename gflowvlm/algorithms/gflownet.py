@@ -83,7 +83,7 @@ class GFlowNet:
                     metrics[key] = metrics.get(key, 0.0) + value * len(chunk) / scale_total
             seconds["score_update"] += time.perf_counter() - started
             for key, value in rollout_metrics(on_policy).items():
-                scale = 1.0 if key.endswith("_this_step") else 1.0 / config.optim.grad_accum
+                scale = 1.0 if key.endswith("_this_iteration") else 1.0 / config.optim.grad_accum
                 metrics[key] = metrics.get(key, 0.0) + value * scale
             metrics["replay_size"] = float(len(self.replay))
             metrics["off_policy_fraction"] = 1.0 - len(on_policy) / len(batch)

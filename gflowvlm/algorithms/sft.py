@@ -50,7 +50,7 @@ class SFT:
         stepped = context.optimizer_step(finite)
         done = [i for i, record in enumerate(records) if record.get("done")]
         metrics = {"loss": float(loss.detach()), "tokens": float(tokens), "skipped_step": float(not stepped),
-                   "seconds_update": time.perf_counter() - started, "env_steps_this_step": 0.0}
+                   "seconds_update": time.perf_counter() - started, "env_steps_this_iteration": 0.0}
         if done:
             metrics["done_logp"] = float(out.done_logp[done].mean().detach())
         return metrics

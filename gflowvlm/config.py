@@ -132,7 +132,7 @@ class GRPOConfig:
 
 @dataclass
 class SFTConfig:
-    data: str = ""  # a JSONL file written by `gflowvlm make-sft-data`; `steps` batches of optim.batch_size
+    data: str = ""  # a JSONL file written by `gflowvlm make-sft-data`; `steps` batches of optim.batch_size records
 
 
 @dataclass
@@ -155,11 +155,25 @@ class OptimConfig:
     head_lr: float = 1e-2  # log Z / flow / value heads learn faster (torchgfn recommends 0.1 for log Z)
     weight_decay: float = 0.0
     min_lr: float = 1e-9
+    # warmup_steps and cosine_period count iterations (`steps`): the schedule moves once an iteration (not when
+    # the iteration's last optimizer step is skipped for a non-finite loss)
     warmup_steps: int = 0
-    cosine_period: int | None = None  # steps of one cosine period; None = the whole run (RL4VLM uses 25)
+    cosine_period: int | None = None  # iterations of one cosine period; None = the whole run (RL4VLM uses 25)
     grad_clip: float = 1.0
+    # GFlowNets only (tb, vartb, subtb, db): collection rounds whose gradients add up to one optimizer step. sft,
+    # ppo and grpo refuse grad_accum > 1 (validate): their batch sizes are optim.batch_size, ppo.minibatch_size and
+    # grpo.minibatch_size.
     grad_accum: int = 1
-    batch_size: int = 16  # samples per scoring forward (minibatch of steps)
+    # Counts something different per algorithm (per process each):
+    #   tb, vartb, subtb, db: env steps (Step records) per scoring forward + backward. Each collection round's
+    #       trajectories (on-policy, injected, replayed) are cut into chunks of whole task groups of at most this
+    #       many steps (more when one group is larger; a final-state row is not counted); the chunks' gradients add
+    #       up to the iteration's one optimizer step, so this bounds memory, not what the step learns from.
+    #   sft: records per optimizer step (each process its own batch_size of them).
+    #   grpo: Step records per no-gradient scoring forward (the old log-probs, the KL reference); the optimizer's
+    #       minibatches are grpo.minibatch_size.
+    #   ppo: unused (each trajectory is scored in one forward; minibatches are ppo.minibatch_size).
+    batch_size: int = 16
 
 
 @dataclass
@@ -178,7 +192,11 @@ class RunConfig:
     algorithm: Literal["tb", "vartb", "subtb", "db", "ppo", "grpo", "sft"] = "subtb"
     output_dir: str = "runs/run"
     seed: int = 0
-    steps: int = 100  # optimizer iterations (one collect + update each for tb/subtb/db/ppo/grpo)
+    # Trainer iterations (the trainer's `step`, metrics.jsonl's "step"; not env steps, see max_env_steps). One
+    # iteration: tb/vartb/subtb/db: optim.grad_accum collection rounds + one optimizer step; sft: one batch + one
+    # optimizer step; ppo/grpo: one rollout + <algorithm>.epochs passes of minibatches, one optimizer step each
+    # (so several per iteration; the learning-rate schedule moves once).
+    steps: int = 100
     # Stop once this many on-policy environment steps were collected (an equal budget for every method compared);
     # `steps` stays an upper bound. None: no budget.
     max_env_steps: int | None = None
@@ -263,6 +281,10 @@ FIELD_BOUNDS: dict[str, Bound] = {
 }
 # Algorithms that sample their own trajectories (everything but sft): temperature 0 cannot sample.
 SAMPLING_ALGORITHMS = ("tb", "vartb", "subtb", "db", "ppo", "grpo")
+# Algorithms that do not accumulate gradients over optim.grad_accum rounds, and what sets their batch instead.
+GRAD_ACCUM_INSTEAD = {"sft": "optim.batch_size, the records per optimizer step",
+                      "ppo": "ppo.minibatch_size, the steps per optimizer step",
+                      "grpo": "grpo.minibatch_size, the steps per optimizer step"}
 
 
 def check_fields(section: Any, prefix: str = "") -> None:
@@ -307,6 +329,9 @@ def validate(config: RunConfig) -> None:
     if config.objective.prior_weight > 0 and config.algorithm not in ("tb", "vartb", "subtb", "db"):
         raise ConfigError(f"objective.prior_weight > 0 is for the GFlowNet objectives (tb, vartb, subtb, db), not "
                           f"{config.algorithm} (grpo has grpo.kl_coef)")
+    if config.optim.grad_accum > 1 and config.algorithm in GRAD_ACCUM_INSTEAD:
+        raise ConfigError(f"optim.grad_accum > 1 is for the GFlowNet objectives; {config.algorithm} ignores it "
+                          f"(set {GRAD_ACCUM_INSTEAD[config.algorithm]} instead)")
     if config.anchor.coef > 0 and config.algorithm == "sft":
         raise ConfigError("anchor.coef > 0 is for the online methods; sft already trains on its data")
     if config.collect.replay_samples and not config.collect.replay_size:

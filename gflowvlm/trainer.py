@@ -4,14 +4,18 @@
              run_directory.py) -> policy (adapters + the heads the algorithm needs) -> optimizer (adapter / head groups)
     loop:    algorithm.update(iteration)  [collect -> score under the current policy -> loss -> backward -> step]
              -> metrics (reduced over ranks) -> metrics.jsonl / trackers / progress bar -> periodic checkpoint
+             (`step` counts these iterations, the unit of config `steps`; PPO and GRPO take several optimizer steps
+             in one, and `env_steps` counts the environment steps collected)
     end:     final checkpoint + `final/` adapter directory (PeftModel.from_pretrained loads it; written like a
              checkpoint: temporary directory, manifest, rename)
     resume:  newest complete checkpoint, verified (manifest, keys, shapes, finite values) before anything is applied
 
-Algorithms (gflowvlm/algorithms/) implement `update(iteration)` (collect, score, loss, backward, then
-`Trainer.optimizer_step`, which clips, steps, schedules and skips non-finite losses) and `state_dict` /
-`load_state_dict` for what they keep between steps (e.g. the replay buffer); the loop, optimizer, metrics and
-checkpoints live here.
+Algorithms (gflowvlm/algorithms/, whose __init__ says what one is) declare the heads they need
+(`required_heads(config)`, asked before the policy is built) and implement `update(iteration)` (collect, score, loss,
+backward, then `optimizer_step`, which clips, steps, schedules and skips non-finite losses) and `state_dict` /
+`load_state_dict` for what they keep between iterations (e.g. the replay buffer). They see the run through an
+AlgorithmContext (config, policy, prepared model, accelerator, logger, optimizer_step), never this class; the
+loop, optimizer, metrics and checkpoints live here.
 """
 from __future__ import annotations
 
@@ -30,9 +34,9 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from gflowvlm import checkpoint, run_directory, sharding
+from gflowvlm.algorithms import AlgorithmContext, algorithm_class
 from gflowvlm.config import RunConfig, config_to_dict
 from gflowvlm.errors import UserError
-from gflowvlm.gflownet_loss import required_heads
 from gflowvlm.parse_watch import ParseRateWatch
 from gflowvlm.run_logger import RunLogger
 from gflowvlm.safe_state import StateFileError, load_state, save_state
@@ -65,7 +69,8 @@ class Trainer:
         set_seed(config.seed)
         from gflowvlm.policy import VLMPolicy  # deferred: transformers is slow to import
 
-        self.policy = VLMPolicy.from_config(config.model, heads=required_heads(config))
+        algorithm_type = algorithm_class(config.algorithm)
+        self.policy = VLMPolicy.from_config(config.model, heads=algorithm_type.required_heads(config))
         adapter_params, head_params = self.policy.parameter_groups()
         groups = [{"params": adapter_params, "lr": config.optim.lr}]
         if head_params:
@@ -87,7 +92,10 @@ class Trainer:
         self.nonfinite_streak = 0
         self.parse_watch = ParseRateWatch(config.collect.warn_below_parse_rate, config.collect.stop_below_parse_rate)
         self.logger = RunLogger(self.output_dir, self.accelerator, config.logging.trackers)
-        self.algorithm = _make_algorithm(self)
+        self.context = AlgorithmContext(config=config, policy=self.policy, model=self.model,
+                                        accelerator=self.accelerator, logger=self.logger,
+                                        optimizer_step=self.optimizer_step)
+        self.algorithm = algorithm_type(self.context)
 
     # ----- schedule ---------------------------------------------------------------------------------------------
     def _lr_factor(self, base_lr: float):
@@ -121,7 +129,7 @@ class Trainer:
             started = time.perf_counter()
             metrics = self.algorithm.update(self.step)
             metrics = self._reduce(metrics)
-            self.env_steps += int(metrics.pop("env_steps_this_step", 0))
+            self.env_steps += int(metrics.pop("env_steps_this_iteration", 0))
             self.step += 1
             metrics.update(env_steps=self.env_steps, lr=self.scheduler.get_last_lr()[0],
                            seconds=time.perf_counter() - started)
@@ -182,14 +190,14 @@ class Trainer:
         return True
 
     def _reduce(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Mean over ranks (sums for counters named *_this_step)."""
+        """Mean over ranks (sums for counters named *_this_iteration)."""
         if self.accelerator.num_processes == 1:
             return metrics
         keys = sorted(metrics)
         values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=self.accelerator.device)
         summed = self.accelerator.reduce(values, reduction="sum").tolist()
         n = self.accelerator.num_processes
-        return {k: (v if k.endswith("_this_step") else v / n) for k, v in zip(keys, summed)}
+        return {k: (v if k.endswith("_this_iteration") else v / n) for k, v in zip(keys, summed)}
 
     # ----- checkpoints ------------------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -331,25 +339,6 @@ def _write_atomically(path: Path, text: str) -> None:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0][:200]
-
-
-def _make_algorithm(trainer: Trainer):
-    algorithm = trainer.config.algorithm
-    if algorithm == "ppo":
-        from gflowvlm.algorithms.ppo import PPO
-
-        return PPO(trainer)
-    if algorithm == "grpo":
-        from gflowvlm.algorithms.grpo import GRPO
-
-        return GRPO(trainer)
-    if algorithm == "sft":
-        from gflowvlm.algorithms.sft import SFT
-
-        return SFT(trainer)
-    from gflowvlm.algorithms.gflownet import GFlowNet
-
-    return GFlowNet(trainer)
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

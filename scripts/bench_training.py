@@ -38,7 +38,7 @@ def main() -> None:
     from gflowvlm.algorithms.common import make_generate
     from gflowvlm.collector import Collector
     from gflowvlm.config import load_config
-    from gflowvlm.gflownet_loss import chunk_by_group, gflownet_loss
+    from gflowvlm.algorithms.gflownet import chunk_by_group, gflownet_loss
     from gflowvlm.trainer import Trainer
 
     model = args.model
@@ -57,7 +57,7 @@ def main() -> None:
             f"output_dir={scratch.name}/run", "logging.progress=false", "optim.batch_size=512"])
 
     trainer = Trainer(config(16))
-    generate = make_generate(trainer)
+    generate = make_generate(trainer.context)
     # Rounds alternate between the batch sizes, so a machine that slows down or speeds up during the run (other
     # jobs, frequency scaling) weighs on both figures alike and the ratio stays meaningful.
     collectors = {}

@@ -1,4 +1,4 @@
-"""gflownet_loss.chunk_by_group: the forward-sized chunks of a batch never split a task group (Var-TB compares a
+"""algorithms.gflownet.chunk_by_group: the forward-sized chunks of a batch never split a task group (Var-TB compares a
 task's samples with each other), close at about max_steps, keep the order, and count an empty trajectory as one row
 (its final state is still scored)."""
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gflowvlm.gflownet_loss import chunk_by_group
+from gflowvlm.algorithms.gflownet import chunk_by_group
 from gflowvlm.prompting import Prompt
 from gflowvlm.trajectory import Step, Trajectory
 

@@ -57,6 +57,26 @@ def test_every_number_is_checked(overrides, message):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("algorithm, extra, instead", [
+    ("sft", ["sft.data=x.jsonl"], "optim.batch_size"),
+    ("ppo", [], "ppo.minibatch_size"),
+    ("grpo", ["collect.trajectories_per_task=2"], "grpo.minibatch_size"),
+])
+def test_grad_accum_is_refused_where_it_would_be_ignored(algorithm, extra, instead):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [f"algorithm={algorithm}", "optim.grad_accum=2", *extra])
+    message = str(error.value)
+    assert message.startswith(f"optim.grad_accum > 1 is for the GFlowNet objectives; {algorithm} ignores it")
+    assert f"set {instead}" in message and "\n" not in message
+    assert load_config(None, [f"algorithm={algorithm}", "optim.grad_accum=1", *extra]).optim.grad_accum == 1
+
+
+@pytest.mark.parametrize("algorithm", ["tb", "vartb", "subtb", "db"])
+def test_grad_accum_is_accepted_by_the_gflownets(algorithm):
+    extra = ["collect.trajectories_per_task=2"] if algorithm == "vartb" else []
+    assert load_config(None, [f"algorithm={algorithm}", "optim.grad_accum=3", *extra]).optim.grad_accum == 3
+
+
 def test_every_numeric_field_has_a_bound():
     """A new int/float field must get a FIELD_BOUNDS entry: counts and rates are never left unchecked."""
     def numeric(hint) -> bool:

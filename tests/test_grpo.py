@@ -249,8 +249,8 @@ def test_kl_off_costs_no_scoring_and_kl_on_starts_at_zero(tiny_vlm_dir, tmp_path
     calls_off, calls[:] = list(calls), []
     on = Trainer(tiny_config(tiny_vlm_dir, tmp_path / "on", *one, "grpo.kl_coef=0.5"))
     metrics_on = on.algorithm.update(0)
-    steps = int(metrics_off["env_steps_this_step"])
-    assert metrics_on["env_steps_this_step"] == steps  # the same rollout
+    steps = int(metrics_off["env_steps_this_iteration"])
+    assert metrics_on["env_steps_this_iteration"] == steps  # the same rollout
     # off: one scoring pass of the rollout + one minibatch; on: the reference pass on top, nothing else
     assert calls_off == [steps, 16] and calls == [steps, steps, 16]
     assert "kl" not in metrics_off

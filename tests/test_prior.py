@@ -13,7 +13,7 @@ from gflowvlm.algorithms.common import make_generate
 from gflowvlm.algorithms.reference import StartingWeights
 from gflowvlm.collector import Collector
 from gflowvlm.config import ConfigError, load_config, validate
-from gflowvlm.gflownet_loss import gflownet_loss
+from gflowvlm.algorithms.gflownet import gflownet_loss
 from gflowvlm.prior import tilt
 from gflowvlm.trainer import Trainer
 from gflowvlm.trajectory import step_mask
@@ -146,7 +146,7 @@ def per_trajectory_sums(values: torch.Tensor, trajectories) -> list[float]:
 def test_tb_with_the_prior_is_tb_on_log_pf_minus_the_starting_policy(tiny_vlm_dir, tmp_path):
     config = make_config(tiny_vlm_dir, tmp_path / "tb", "tb", f"objective.prior_weight={ALPHA}")
     trainer = Trainer(config)
-    trajectories = Collector(config).collect(make_generate(trainer), iteration=0)
+    trajectories = Collector(config).collect(make_generate(trainer.context), iteration=0)
     trainer.model.eval()
     reference = StartingWeights(trainer.policy.parameter_groups()[0])
     perturb(trainer.policy.parameter_groups()[0])  # now the policy differs from its start
@@ -183,7 +183,7 @@ def test_subtb_with_the_full_prior_at_the_start_reads_only_rewards(tiny_vlm_dir,
     SubTB with [DONE] flows becomes SubTB over log F(z_i) = log R(z_i) alone (the [DONE] tilt is applied too)."""
     config = make_config(tiny_vlm_dir, tmp_path / "subtb", "subtb", "objective.prior_weight=1", "objective.lam=0.9")
     trainer = Trainer(config)
-    trajectories = Collector(config).collect(make_generate(trainer), iteration=0)
+    trajectories = Collector(config).collect(make_generate(trainer.context), iteration=0)
     trainer.model.eval()
     reference = StartingWeights(trainer.policy.parameter_groups()[0])
     loss, stats = gflownet_loss(trainer.model, trainer.policy, trajectories, config, reference)

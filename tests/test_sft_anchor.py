@@ -42,7 +42,7 @@ def test_bad_anchor_settings_are_one_line_errors(overrides, message):
 
 def test_off_by_default_reads_nothing_and_adds_no_gradient(tiny_vlm_dir, tmp_path):
     trainer = Trainer(config_for(tiny_vlm_dir, tmp_path, "subtb", "anchor.data=/no/such/file.jsonl"))
-    anchor = SFTAnchor(trainer)
+    anchor = SFTAnchor(trainer.context)
     assert anchor.records == [] and anchor.backward(0) == {}
     assert all(p.grad is None for p in trainer.model.parameters())
 
@@ -52,7 +52,7 @@ def test_gradient_is_coef_times_the_sft_loss_on_seeded_records_without_done(tiny
                         "anchor.batch_size=6", "seed=4")
     trainer = Trainer(config)
     trainer.model.eval()  # as the online updates run it: no dropout, so the two passes below are the same function
-    anchor = SFTAnchor(trainer)
+    anchor = SFTAnchor(trainer.context)
     records = read_sft_data(sft_data)
     assert len(anchor.records) == sum(not r.get("done") for r in records) < len(records)  # [DONE] left out
     metrics = anchor.backward(iteration=7, index=2)
@@ -62,7 +62,7 @@ def test_gradient_is_coef_times_the_sft_loss_on_seeded_records_without_done(tiny
     # by hand: the same draw from the named stream, the SFT loss, times coef
     rng = np.random.default_rng(stream_seed(Stream.ANCHOR, 4, 0, 7, 2))
     picks = rng.choice(len(anchor.records), size=6, replace=False)
-    loss, tokens, _ = response_nll(trainer, [anchor.records[int(i)] for i in picks])
+    loss, tokens, _ = response_nll(trainer.context, [anchor.records[int(i)] for i in picks])
     (0.3 * loss).backward()
     want = {name: p.grad for name, p in trainer.model.named_parameters() if p.grad is not None}
     assert metrics["anchor_loss"] == pytest.approx(float(loss.detach()), rel=1e-6) and int(tokens) > 0

@@ -10,7 +10,7 @@ from gflowvlm import checkpoint
 from gflowvlm.algorithms.common import make_generate
 from gflowvlm.collector import Collector
 from gflowvlm.config import load_config
-from gflowvlm.gflownet_loss import gflownet_loss
+from gflowvlm.algorithms.gflownet import gflownet_loss
 from gflowvlm.sft_data import write_sft_data
 from gflowvlm.trainer import Trainer
 
@@ -27,6 +27,22 @@ def make_config(tiny_vlm_dir, tmp_path, algorithm, *extra):
     return load_config(None, overrides)
 
 
+@pytest.mark.parametrize("overrides, heads", [
+    (["algorithm=tb"], ("log_z",)), (["algorithm=vartb", "collect.trajectories_per_task=2"], ()),
+    (["algorithm=subtb"], ()), (["algorithm=subtb", "objective.flow=head"], ("flow",)),
+    (["algorithm=db", "objective.flow=forward_looking"], ("flow",)),
+    (["algorithm=db", "objective.flow=done_pinned"], ()),
+    (["algorithm=ppo"], ("value",)), (["algorithm=grpo", "collect.trajectories_per_task=2"], ()),
+    (["algorithm=sft", "sft.data=x.jsonl"], ()),
+])
+def test_each_algorithm_declares_the_heads_it_trains(overrides, heads):
+    """Asked by the Trainer before the policy is built: DDP needs every trainable parameter to get a gradient."""
+    from gflowvlm.algorithms import algorithm_class
+
+    config = load_config(None, overrides)
+    assert algorithm_class(config.algorithm).required_heads(config) == heads
+
+
 def snapshot(policy):
     return {name: p.detach().clone() for name, p in policy.named_parameters()}
 
@@ -39,7 +55,7 @@ def test_each_objective_lowers_its_loss_and_moves_only_trainable_weights(tiny_vl
     config = make_config(tiny_vlm_dir, tmp_path, algorithm, "optim.lr=3e-3", "optim.head_lr=3e-2", *extra)
     trainer = Trainer(config)
     collector = Collector(config)
-    batch = collector.collect(make_generate(trainer), iteration=0)
+    batch = collector.collect(make_generate(trainer.context), iteration=0)
     before = snapshot(trainer.policy)
     trainer.model.eval()
     losses = []
@@ -119,13 +135,13 @@ def test_sft_lowers_the_loss_and_beats_the_untrained_model(tiny_vlm_dir, tmp_pat
                  "optim.warmup_steps=10", "generation.max_new_tokens=60", "env.max_steps=10"]
     config = make_config(tiny_vlm_dir, tmp_path, "sft", *overrides)
     trainer = Trainer(config)
-    untrained = evaluate(make_generate(trainer, greedy=True), config, "id", episodes=8, seed=1, progress=False,
-                         unparseable="illegal")
+    untrained = evaluate(make_generate(trainer.context, greedy=True), config, "id", episodes=8, seed=1,
+                         progress=False, unparseable="illegal")
     trainer.train()
     losses = [json.loads(line)["loss"] for line in Path(config.output_dir, "metrics.jsonl").read_text().splitlines()]
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
-    trained = evaluate(make_generate(trainer, greedy=True), config, "id", episodes=8, seed=1, progress=False,
-                       unparseable="illegal")
+    trained = evaluate(make_generate(trainer.context, greedy=True), config, "id", episodes=8, seed=1,
+                       progress=False, unparseable="illegal")
     assert trained["parse_rate"] > untrained["parse_rate"]
     assert trained["success_rate"] > untrained["success_rate"]
 
@@ -160,7 +176,7 @@ def test_both_done_flow_forms_train(tiny_vlm_dir, tmp_path, flow):
     """The paper's form scores each trajectory's final state as an extra row; the pinned form does not."""
     config = make_config(tiny_vlm_dir, tmp_path, "subtb", f"objective.flow={flow}", "optim.lr=3e-3")
     trainer = Trainer(config)
-    batch = Collector(config).collect(make_generate(trainer), iteration=0)
+    batch = Collector(config).collect(make_generate(trainer.context), iteration=0)
     loss, _ = gflownet_loss(trainer.model, trainer.policy, batch, config)
     assert torch.isfinite(loss)
     trainer.accelerator.backward(loss)

@@ -1,5 +1,8 @@
 """Pieces the algorithms share: generation through the policy, rollout statistics, safe backward, the epochs of
-minibatches of the clipped-ratio methods (PPO, GRPO), the SFT loss and the SFT anchor of the online methods."""
+minibatches of the clipped-ratio methods (PPO, GRPO), the SFT loss and the SFT anchor of the online methods.
+
+Each takes the algorithm's AlgorithmContext (gflowvlm/algorithms/__init__.py) first.
+"""
 from __future__ import annotations
 
 import math
@@ -9,18 +12,19 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
+from gflowvlm.algorithms import AlgorithmContext
 from gflowvlm.seeding import Stream, stream_seed
 from gflowvlm.sft_data import load_prompt, read_sft_data
 from gflowvlm.trajectory import Trajectory
 
 
-def make_generate(trainer, greedy: bool = False):
+def make_generate(context: AlgorithmContext, greedy: bool = False):
     """generate(prompts, seed) -> texts, sampling with the run's generation settings (no gradient)."""
-    generation = trainer.config.generation
+    generation = context.config.generation
 
     def generate(prompts, seed: int) -> list[str]:
         with torch.no_grad():
-            outputs = trainer.policy.generate(
+            outputs = context.policy.generate(
                 prompts, temperature=generation.temperature, top_p=generation.top_p,
                 max_new_tokens=generation.max_new_tokens, do_sample=not greedy and generation.temperature > 0,
                 seed=seed)
@@ -32,7 +36,7 @@ def rollout_metrics(trajectories: Sequence[Trajectory]) -> dict[str, float]:
     """Statistics of on-policy trajectories (what the agent does now)."""
     if not trajectories:
         return {}
-    steps = [step for t in trajectories for step in t.steps]
+    steps = [step for t in trajectories for step in t.steps]  # Step records: one per env step
     return {
         "success_rate": sum(t.success for t in trajectories) / len(trajectories),
         "mean_return": sum(t.episode_return for t in trajectories) / len(trajectories),
@@ -41,32 +45,32 @@ def rollout_metrics(trajectories: Sequence[Trajectory]) -> dict[str, float]:
         "illegal_rate": sum(s.illegal for s in steps) / max(1, len(steps)),
         "parse_rate": sum(s.parsed for s in steps) / max(1, len(steps)),
         "response_chars": sum(len(s.response) for s in steps) / max(1, len(steps)),
-        "env_steps_this_step": float(len(steps)),
+        "env_steps_this_iteration": float(len(steps)),
     }
 
 
-def sync_context(trainer, synchronise: bool):
+def sync_context(context: AlgorithmContext, synchronise: bool):
     """DDP all-reduces gradients only on the backward where `synchronise` is True (one per optimizer step)."""
-    return nullcontext() if synchronise else trainer.accelerator.no_sync(trainer.model)
+    return nullcontext() if synchronise else context.accelerator.no_sync(context.model)
 
 
-def backward(trainer, loss: torch.Tensor, scale: float) -> bool:
+def backward(context: AlgorithmContext, loss: torch.Tensor, scale: float) -> bool:
     """Backward `loss * scale`; a non-finite loss backpropagates an exact zero instead, so every rank still runs
     the same synchronised backward (skipping it on one rank would deadlock the others). Returns finiteness."""
     if torch.isfinite(loss).all():
-        trainer.accelerator.backward(loss * scale)
+        context.accelerator.backward(loss * scale)
         return True
-    zero = sum((p * 0).sum() for p in trainer.model.parameters() if p.requires_grad)
-    trainer.accelerator.backward(zero)
+    zero = sum((p * 0).sum() for p in context.model.parameters() if p.requires_grad)
+    context.accelerator.backward(zero)
     return False
 
 
-def response_nll(trainer, records: Sequence[dict]):
+def response_nll(context: AlgorithmContext, records: Sequence[dict]):
     """(mean negative log-likelihood per response token of `records`' responses, token count, ScoreOutput): the
     SFT loss, action and CoT tokens alike, through the same scoring forward as every algorithm's."""
     prompts = [load_prompt(record) for record in records]
     responses = [record["response"] for record in records]
-    out = trainer.model(trainer.policy.prepare_batch(prompts, responses), cot_weight=1.0)
+    out = context.model(context.policy.prepare_batch(prompts, responses), cot_weight=1.0)
     tokens = (out.action_tokens + out.cot_tokens).sum().clamp(min=1)
     return -(out.action_logp + out.cot_logp).sum() / tokens, tokens, out
 
@@ -81,30 +85,33 @@ class SFTAnchor:
     draws what an uninterrupted one would. Off (coef 0), it reads nothing and costs nothing.
     """
 
-    def __init__(self, trainer):
-        self.trainer = trainer
-        self.coef = trainer.config.anchor.coef
+    def __init__(self, context: AlgorithmContext):
+        self.context = context
+        self.coef = context.config.anchor.coef
         self.records = []
         if self.coef > 0:
-            self.records = [r for r in read_sft_data(trainer.config.anchor.data) if not r.get("done")]
+            self.records = [r for r in read_sft_data(context.config.anchor.data) if not r.get("done")]
             if not self.records:
                 from gflowvlm.errors import UserError  # deferred like every library module's
-                raise UserError(f"anchor.data {trainer.config.anchor.data} holds only [DONE] records")
+                raise UserError(f"anchor.data {context.config.anchor.data} holds only [DONE] records")
 
     def backward(self, iteration: int, index: int = 0) -> dict[str, float]:
         """Backpropagate the anchor of optimizer step (iteration, index); {"anchor_loss": ...} or {} when off."""
         if not self.records:
             return {}
-        trainer, config = self.trainer, self.trainer.config
-        rng = np.random.default_rng(stream_seed(Stream.ANCHOR, config.seed, trainer.accelerator.process_index,
+        context, config = self.context, self.context.config
+        rng = np.random.default_rng(stream_seed(Stream.ANCHOR, config.seed, context.accelerator.process_index,
                                                 iteration, index))
         size = config.anchor.batch_size
         picks = rng.choice(len(self.records), size=size, replace=size > len(self.records))
-        with sync_context(trainer, False):
-            loss, _, _ = response_nll(trainer, [self.records[int(i)] for i in picks])
-            backward(trainer, loss, self.coef)
+        with sync_context(context, False):
+            loss, _, _ = response_nll(context, [self.records[int(i)] for i in picks])
+            backward(context, loss, self.coef)
         return {"anchor_loss": float(loss.detach())}
-def minibatch_schedule(trainer, count: int, size: int, epochs: int, seed: int) -> Iterator[tuple[torch.Tensor, bool]]:
+
+
+def minibatch_schedule(context: AlgorithmContext, count: int, size: int, epochs: int, seed: int
+                       ) -> Iterator[tuple[torch.Tensor, bool]]:
     """(index [size] of items 0..count-1, last) for `epochs` passes over a rollout of `count` steps.
 
     Every rank must run the same number of synchronised backwards, so an epoch has as many minibatches as the
@@ -112,7 +119,7 @@ def minibatch_schedule(trainer, count: int, size: int, epochs: int, seed: int) -
     (a generator seeded with `seed`), cycled so every minibatch is full and every step is visited at least once an
     epoch. `last` marks the update's final minibatch: the optimizer step that also steps the learning-rate schedule.
     """
-    accelerator = trainer.accelerator
+    accelerator = context.accelerator
     local = torch.tensor([count], device=accelerator.device)
     largest = int(accelerator.gather(local).max().item())
     minibatches = max(1, math.ceil(largest / size))

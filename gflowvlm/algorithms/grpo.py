@@ -41,11 +41,13 @@ from collections.abc import Sequence
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from gflowvlm.algorithms import AlgorithmContext
 from gflowvlm.algorithms.common import (SFTAnchor, backward, make_generate, minibatch_schedule, rollout_metrics,
                                        sync_context)
 from gflowvlm.algorithms.ppo import accumulate, clipped_policy_loss, ratio_statistics
 from gflowvlm.algorithms.reference import StartingWeights, check_whole_parameters
 from gflowvlm.collector import Collector
+from gflowvlm.config import RunConfig
 from gflowvlm.seeding import Stream, stream_seed
 
 STD_EPSILON = 1e-4  # TRL's: added to the group's std before dividing
@@ -95,36 +97,41 @@ def per_step_kl(new_token_logp: torch.Tensor, ref_token_logp: torch.Tensor, weig
 
 
 class GRPO:
-    def __init__(self, trainer):
-        self.trainer = trainer
-        self.collector = Collector(trainer.config, rank=trainer.accelerator.process_index,
-                                   count_tokens=trainer.policy.count_tokens)
-        self.generate = make_generate(trainer)
-        self.anchor = SFTAnchor(trainer)
+    @staticmethod
+    def required_heads(config: RunConfig) -> tuple[str, ...]:
+        """None: the group's returns are the baseline, not a value head."""
+        return ()
+
+    def __init__(self, context: AlgorithmContext):
+        self.context = context
+        self.collector = Collector(context.config, rank=context.accelerator.process_index,
+                                   count_tokens=context.policy.count_tokens)
+        self.generate = make_generate(context)
+        self.anchor = SFTAnchor(context)
         self.reference: StartingWeights | None = None
-        if trainer.config.grpo.kl_coef > 0:
-            check_whole_parameters(trainer.accelerator, "grpo.kl_coef")
+        if context.config.grpo.kl_coef > 0:
+            check_whole_parameters(context.accelerator, "grpo.kl_coef")
             # Built before Trainer.resume runs: these are the run's starting weights, on a resume too.
-            self.reference = StartingWeights(trainer.policy.parameter_groups()[0])
+            self.reference = StartingWeights(context.policy.parameter_groups()[0])
 
     @torch.no_grad()
     def _score(self, steps: Sequence) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(log pi [n] of every step, its response tokens' log-probs [L_i] each) under the weights in place."""
-        trainer, grpo = self.trainer, self.trainer.config.grpo
-        chunk = trainer.config.optim.batch_size
+        context, grpo = self.context, self.context.config.grpo
+        chunk = context.config.optim.batch_size
         logp, tokens = [], []
         for start in range(0, len(steps), chunk):
             part = steps[start:start + chunk]
-            batch = trainer.policy.prepare_batch([s.prompt for s in part], [s.response for s in part])
-            out = trainer.policy(batch, cot_weight=grpo.cot_weight)
+            batch = context.policy.prepare_batch([s.prompt for s in part], [s.response for s in part])
+            out = context.policy(batch, cot_weight=grpo.cot_weight)
             logp.append(out.log_pf.float())
             lengths = batch["response_mask"].sum(1).tolist()
             tokens.extend(out.token_logp[i, :length].float() for i, length in enumerate(lengths))
         return torch.cat(logp), tokens
 
     def update(self, iteration: int) -> dict[str, float]:
-        trainer, config, grpo = self.trainer, self.trainer.config, self.trainer.config.grpo
-        trainer.model.eval()  # dropout off: the scored distribution must be the sampled one
+        context, config, grpo = self.context, self.context.config, self.context.config.grpo
+        context.model.eval()  # dropout off: the scored distribution must be the sampled one
         started = time.perf_counter()
         trajectories = self.collector.collect(self.generate, iteration)
         collect_seconds = time.perf_counter() - started
@@ -145,22 +152,22 @@ class GRPO:
                    "zero_advantage_fraction": float((episode_advantages == 0).float().mean()),
                    "seconds_collect": collect_seconds, "seconds_score_update": time.perf_counter() - started}
         if (iteration + 1) % config.logging.sample_every == 0:
-            trainer.logger.samples(trajectories, iteration + 1)
+            context.logger.samples(trajectories, iteration + 1)
         return metrics
 
     def _optimize(self, iteration, steps, advantages, old_logp, reference) -> dict[str, float]:
-        trainer, grpo = self.trainer, self.trainer.config.grpo
+        context, grpo = self.context, self.context.config.grpo
         # The same stream as PPO's minibatch order: a run is one algorithm, so the two never share a seed.
-        seed = stream_seed(Stream.PPO_MINIBATCH, trainer.config.seed, trainer.accelerator.process_index, iteration)
+        seed = stream_seed(Stream.PPO_MINIBATCH, context.config.seed, context.accelerator.process_index, iteration)
         totals = {"loss": 0.0, "policy_loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0}
         if reference is not None:
             totals["kl"] = 0.0
         count = 0
-        for index, last in minibatch_schedule(trainer, len(steps), grpo.minibatch_size, grpo.epochs, seed):
-            batch = trainer.policy.prepare_batch([steps[i].prompt for i in index], [steps[i].response for i in index])
+        for index, last in minibatch_schedule(context, len(steps), grpo.minibatch_size, grpo.epochs, seed):
+            batch = context.policy.prepare_batch([steps[i].prompt for i in index], [steps[i].response for i in index])
             anchor = self.anchor.backward(iteration, count)
-            with sync_context(trainer, True):
-                out = trainer.model(batch, cot_weight=grpo.cot_weight)
+            with sync_context(context, True):
+                out = context.model(batch, cot_weight=grpo.cot_weight)
                 new_logp = out.log_pf.float()
                 policy_loss = clipped_policy_loss(new_logp, old_logp[index], advantages[index], grpo.clip)
                 loss = policy_loss
@@ -170,8 +177,8 @@ class GRPO:
                                      _padded(token_weights(batch, grpo.cot_weight), new_tokens)).mean()
                     loss = policy_loss + grpo.kl_coef * kl
                     totals["kl"] += float(kl.detach())
-                finite = backward(trainer, loss, 1.0)
-            trainer.optimizer_step(finite, schedule=last)
+                finite = backward(context, loss, 1.0)
+            context.optimizer_step(finite, schedule=last)
             accumulate(totals, {"loss": float(loss.detach()), "policy_loss": float(policy_loss.detach()),
                                 **ratio_statistics(new_logp, old_logp[index], grpo.clip), **anchor})
             count += 1

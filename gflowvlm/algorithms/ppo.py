@@ -11,9 +11,11 @@ import time
 
 import torch
 
+from gflowvlm.algorithms import AlgorithmContext
 from gflowvlm.algorithms.common import (SFTAnchor, backward, make_generate, minibatch_schedule, rollout_metrics,
                                        sync_context)
 from gflowvlm.collector import Collector
+from gflowvlm.config import RunConfig
 from gflowvlm.seeding import Stream, stream_seed
 
 
@@ -60,22 +62,27 @@ def clipped_policy_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, advantag
 
 
 class PPO:
-    def __init__(self, trainer):
-        self.trainer = trainer
-        self.collector = Collector(trainer.config, rank=trainer.accelerator.process_index,
-                                   count_tokens=trainer.policy.count_tokens)
-        self.generate = make_generate(trainer)
-        self.anchor = SFTAnchor(trainer)
+    @staticmethod
+    def required_heads(config: RunConfig) -> tuple[str, ...]:
+        """The value head V(s) on the last prompt token (RL4VLM's)."""
+        return ("value",)
+
+    def __init__(self, context: AlgorithmContext):
+        self.context = context
+        self.collector = Collector(context.config, rank=context.accelerator.process_index,
+                                   count_tokens=context.policy.count_tokens)
+        self.generate = make_generate(context)
+        self.anchor = SFTAnchor(context)
 
     @torch.no_grad()
     def _score(self, prompts, responses):
-        trainer, ppo = self.trainer, self.trainer.config.ppo
-        out = trainer.policy.score(prompts, responses, cot_weight=ppo.cot_weight)
-        return out.log_pf.float(), trainer.policy.head("value", out.hidden).float()
+        context, ppo = self.context, self.context.config.ppo
+        out = context.policy.score(prompts, responses, cot_weight=ppo.cot_weight)
+        return out.log_pf.float(), context.policy.head("value", out.hidden).float()
 
     def update(self, iteration: int) -> dict[str, float]:
-        trainer, config, ppo = self.trainer, self.trainer.config, self.trainer.config.ppo
-        trainer.model.eval()
+        context, config, ppo = self.context, self.context.config, self.context.config.ppo
+        context.model.eval()
         started = time.perf_counter()
         trajectories = self.collector.collect(self.generate, iteration)
         collect_seconds = time.perf_counter() - started
@@ -104,27 +111,27 @@ class PPO:
         metrics = {**rollout_metrics(trajectories), **losses, "seconds_collect": collect_seconds,
                    "seconds_score_update": time.perf_counter() - started}
         if (iteration + 1) % config.logging.sample_every == 0:
-            trainer.logger.samples(trajectories, iteration + 1)
+            context.logger.samples(trajectories, iteration + 1)
         return metrics
 
     def _optimize(self, iteration, steps, advantages, returns, old_logp) -> dict[str, float]:
-        trainer, ppo = self.trainer, self.trainer.config.ppo
-        seed = stream_seed(Stream.PPO_MINIBATCH, trainer.config.seed, trainer.accelerator.process_index, iteration)
+        context, ppo = self.context, self.context.config.ppo
+        seed = stream_seed(Stream.PPO_MINIBATCH, context.config.seed, context.accelerator.process_index, iteration)
         totals = {"loss": 0.0, "policy_loss": 0.0, "value_loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0}
         count = 0
-        for index, last in minibatch_schedule(trainer, len(steps), ppo.minibatch_size, ppo.epochs, seed):
+        for index, last in minibatch_schedule(context, len(steps), ppo.minibatch_size, ppo.epochs, seed):
             prompts = [steps[i].prompt for i in index]
             responses = [steps[i].response for i in index]
             anchor = self.anchor.backward(iteration, count)
-            with sync_context(trainer, True):
-                out = trainer.model(trainer.policy.prepare_batch(prompts, responses), cot_weight=ppo.cot_weight)
+            with sync_context(context, True):
+                out = context.model(context.policy.prepare_batch(prompts, responses), cot_weight=ppo.cot_weight)
                 new_logp = out.log_pf.float()
-                values = trainer.policy.head("value", out.hidden).float()
+                values = context.policy.head("value", out.hidden).float()
                 policy_loss = clipped_policy_loss(new_logp, old_logp[index], advantages[index], ppo.clip)
                 value_loss = torch.nn.functional.mse_loss(values, returns[index])
                 loss = policy_loss + ppo.value_coef * value_loss
-                finite = backward(trainer, loss, 1.0)
-            trainer.optimizer_step(finite, schedule=last)
+                finite = backward(context, loss, 1.0)
+            context.optimizer_step(finite, schedule=last)
             accumulate(totals, {"loss": float(loss.detach()), "policy_loss": float(policy_loss.detach()),
                                 "value_loss": float(value_loss.detach()),
                                 **ratio_statistics(new_logp, old_logp[index], ppo.clip), **anchor})

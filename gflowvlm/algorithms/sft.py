@@ -10,18 +10,25 @@ import time
 
 import numpy as np
 
+from gflowvlm.algorithms import AlgorithmContext
 from gflowvlm.algorithms.common import backward, response_nll, sync_context
+from gflowvlm.config import RunConfig
 from gflowvlm.seeding import Stream, stream_seed
 from gflowvlm.sft_data import read_sft_data
 
 
 class SFT:
-    def __init__(self, trainer):
-        self.trainer = trainer
-        self.records = read_sft_data(trainer.config.sft.data)
+    @staticmethod
+    def required_heads(config: RunConfig) -> tuple[str, ...]:
+        """None: the loss is the responses' likelihood alone."""
+        return ()
+
+    def __init__(self, context: AlgorithmContext):
+        self.context = context
+        self.records = read_sft_data(context.config.sft.data)
 
     def batch_indices(self, iteration: int) -> list[int]:
-        config, accelerator = self.trainer.config, self.trainer.accelerator
+        config, accelerator = self.context.config, self.context.accelerator
         size = config.optim.batch_size * accelerator.num_processes
         count = len(self.records)
         start = iteration * size
@@ -33,17 +40,17 @@ class SFT:
         return indices[accelerator.process_index::accelerator.num_processes]
 
     def update(self, iteration: int) -> dict[str, float]:
-        trainer = self.trainer
-        trainer.model.train()
+        context = self.context
+        context.model.train()
         started = time.perf_counter()
         records = [self.records[i] for i in self.batch_indices(iteration)]
-        with sync_context(trainer, True):
-            loss, tokens, out = response_nll(trainer, records)
-            finite = backward(trainer, loss, 1.0)
-        stepped = trainer.optimizer_step(finite)
+        with sync_context(context, True):
+            loss, tokens, out = response_nll(context, records)
+            finite = backward(context, loss, 1.0)
+        stepped = context.optimizer_step(finite)
         done = [i for i, record in enumerate(records) if record.get("done")]
         metrics = {"loss": float(loss.detach()), "tokens": float(tokens), "skipped_step": float(not stepped),
-                   "seconds_update": time.perf_counter() - started, "env_steps_this_step": 0.0}
+                   "seconds_update": time.perf_counter() - started, "env_steps_this_iteration": 0.0}
         if done:
             metrics["done_logp"] = float(out.done_logp[done].mean().detach())
         return metrics

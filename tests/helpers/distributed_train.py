@@ -64,7 +64,7 @@ original_update = trainer.algorithm.update
 
 def counting_update(iteration):
     metrics = original_update(iteration)
-    local_env_steps.append(metrics["env_steps_this_step"])
+    local_env_steps.append(metrics["env_steps_this_iteration"])
     return metrics
 
 

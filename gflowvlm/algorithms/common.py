@@ -6,6 +6,7 @@ Each takes the algorithm's AlgorithmContext (gflowvlm/algorithms/__init__.py) fi
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 
@@ -13,9 +14,28 @@ import numpy as np
 import torch
 
 from gflowvlm.algorithms import AlgorithmContext
+from gflowvlm.collector import Collector
 from gflowvlm.seeding import Stream, stream_seed
 from gflowvlm.sft_data import load_prompt, read_sft_data
 from gflowvlm.trajectory import Trajectory
+
+
+class OnlineMethod:
+    """What every online method (ppo, grpo, the GFlowNet objectives) builds alike from its context, in this order:
+    this rank's collector, the sampling function, and the SFT anchor (inert at anchor.coef = 0)."""
+
+    def __init__(self, context: AlgorithmContext):
+        self.context = context
+        self.collector = Collector(context.config, rank=context.accelerator.process_index,
+                                   count_tokens=context.policy.count_tokens)
+        self.generate = make_generate(context)
+        self.anchor = SFTAnchor(context)
+
+    def collect(self, round_index: int) -> tuple[list[Trajectory], float]:
+        """One round of on-policy trajectories under the current weights, and the seconds it took."""
+        started = time.perf_counter()
+        trajectories = self.collector.collect(self.generate, round_index)
+        return trajectories, time.perf_counter() - started
 
 
 def make_generate(context: AlgorithmContext, greedy: bool = False):

@@ -24,9 +24,8 @@ import torch
 
 from gflowvlm import flows, objectives, prior
 from gflowvlm.algorithms import AlgorithmContext
-from gflowvlm.algorithms.common import SFTAnchor, backward, make_generate, rollout_metrics, sync_context
+from gflowvlm.algorithms.common import OnlineMethod, backward, rollout_metrics, sync_context
 from gflowvlm.algorithms.reference import StartingWeights, check_whole_parameters
-from gflowvlm.collector import Collector
 from gflowvlm.config import RunConfig
 from gflowvlm.model.scoring import ScoreOutput
 from gflowvlm.replay_buffer import ReplayBuffer
@@ -34,7 +33,7 @@ from gflowvlm.seeding import Stream, stream_seed
 from gflowvlm.trajectory import Trajectory, pad_per_step, step_mask
 
 
-class GFlowNet:
+class GFlowNet(OnlineMethod):
     @staticmethod
     def required_heads(config: RunConfig) -> tuple[str, ...]:
         """TB learns log Z; SubTB and DB learn state flows with a head unless they read them from [DONE]."""
@@ -45,13 +44,9 @@ class GFlowNet:
         return ()
 
     def __init__(self, context: AlgorithmContext):
-        self.context = context
+        super().__init__(context)
         config = context.config
-        self.collector = Collector(config, rank=context.accelerator.process_index,
-                                   count_tokens=context.policy.count_tokens)
         self.replay = ReplayBuffer(config.collect.replay_size, config.collect.replay_tasks)
-        self.generate = make_generate(context)
-        self.anchor = SFTAnchor(context)
         self.reference: StartingWeights | None = None
         if config.objective.prior_weight > 0:
             check_whole_parameters(context.accelerator, "objective.prior_weight")

@@ -42,11 +42,10 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from gflowvlm.algorithms import AlgorithmContext
-from gflowvlm.algorithms.common import (SFTAnchor, backward, make_generate, minibatch_schedule, rollout_metrics,
+from gflowvlm.algorithms.common import (OnlineMethod, backward, minibatch_schedule, rollout_metrics,
                                        sync_context)
 from gflowvlm.algorithms.ppo import accumulate, clipped_policy_loss, ratio_statistics
 from gflowvlm.algorithms.reference import StartingWeights, check_whole_parameters
-from gflowvlm.collector import Collector
 from gflowvlm.config import RunConfig
 from gflowvlm.seeding import Stream, stream_seed
 
@@ -96,18 +95,14 @@ def per_step_kl(new_token_logp: torch.Tensor, ref_token_logp: torch.Tensor, weig
     return ((torch.exp(diff) - diff - 1.0) * weights).sum(1)
 
 
-class GRPO:
+class GRPO(OnlineMethod):
     @staticmethod
     def required_heads(config: RunConfig) -> tuple[str, ...]:
         """None: the group's returns are the baseline, not a value head."""
         return ()
 
     def __init__(self, context: AlgorithmContext):
-        self.context = context
-        self.collector = Collector(context.config, rank=context.accelerator.process_index,
-                                   count_tokens=context.policy.count_tokens)
-        self.generate = make_generate(context)
-        self.anchor = SFTAnchor(context)
+        super().__init__(context)
         self.reference: StartingWeights | None = None
         if context.config.grpo.kl_coef > 0:
             check_whole_parameters(context.accelerator, "grpo.kl_coef")
@@ -132,9 +127,7 @@ class GRPO:
     def update(self, iteration: int) -> dict[str, float]:
         context, config, grpo = self.context, self.context.config, self.context.config.grpo
         context.model.eval()  # dropout off: the scored distribution must be the sampled one
-        started = time.perf_counter()
-        trajectories = self.collector.collect(self.generate, iteration)
-        collect_seconds = time.perf_counter() - started
+        trajectories, collect_seconds = self.collect(iteration)
         started = time.perf_counter()
         returns = torch.tensor([t.episode_return for t in trajectories], dtype=torch.float32)
         groups = torch.tensor([t.group for t in trajectories])

@@ -11,10 +11,8 @@ import time
 
 import torch
 
-from gflowvlm.algorithms import AlgorithmContext
-from gflowvlm.algorithms.common import (SFTAnchor, backward, make_generate, minibatch_schedule, rollout_metrics,
+from gflowvlm.algorithms.common import (OnlineMethod, backward, minibatch_schedule, rollout_metrics,
                                        sync_context)
-from gflowvlm.collector import Collector
 from gflowvlm.config import RunConfig
 from gflowvlm.seeding import Stream, stream_seed
 
@@ -61,18 +59,11 @@ def clipped_policy_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, advantag
     return -torch.minimum(unclipped, clipped).mean()
 
 
-class PPO:
+class PPO(OnlineMethod):
     @staticmethod
     def required_heads(config: RunConfig) -> tuple[str, ...]:
         """The value head V(s) on the last prompt token (RL4VLM's)."""
         return ("value",)
-
-    def __init__(self, context: AlgorithmContext):
-        self.context = context
-        self.collector = Collector(context.config, rank=context.accelerator.process_index,
-                                   count_tokens=context.policy.count_tokens)
-        self.generate = make_generate(context)
-        self.anchor = SFTAnchor(context)
 
     @torch.no_grad()
     def _score(self, prompts, responses):
@@ -83,9 +74,7 @@ class PPO:
     def update(self, iteration: int) -> dict[str, float]:
         context, config, ppo = self.context, self.context.config, self.context.config.ppo
         context.model.eval()
-        started = time.perf_counter()
-        trajectories = self.collector.collect(self.generate, iteration)
-        collect_seconds = time.perf_counter() - started
+        trajectories, collect_seconds = self.collect(iteration)
         started = time.perf_counter()
         steps, advantages, returns, old_logp = [], [], [], []
         for trajectory in trajectories:

@@ -59,7 +59,7 @@ $(TV_STAMP): pyproject.toml
 
 test-torchvision: setup-torchvision
 	$(TV_PY) -c "import torchvision"
-	$(TV_PY) -m pytest -q tests/test_policy_families.py tests/test_policy_qwen2_vl.py tests/test_model_tiny_vlm.py
+	$(TV_PY) -m pytest -q tests/model/test_policy_families.py tests/model/test_policy_qwen2_vl.py tests/model/test_model_tiny_vlm.py
 
 lint: setup
 	$(VENV)/bin/ruff check gflowvlm tests scripts

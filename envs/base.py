@@ -16,7 +16,7 @@ across games so that the trainer never special-cases one:
   where an unfinished episode must not pay, such as an unplayed Blackjack hand, scores it as a failure there).
   Illegal steps never change the state, so an agent that only stalls ends truncated in its start state: every
   game sets the worth of that so that stalling earns no more than its random policy
-  (`tests/test_garbage_never_pays.py` measures both, in both reward modes).
+  (`tests/envs/test_garbage_never_pays.py` measures both, in both reward modes).
 """
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ STRATEGIES = ("basic", "stand17", "max_win")
 MIN_RANK_WIDTH = 6  # pixels: narrower cards are drawn without their rank
 
 # Basic strategy, hit (H) or stand (S), for the dealer's up-card 2 3 4 5 6 7 8 9 10 A.
-# Standard textbook play without doubling or splitting; `tests/test_blackjack.py` checks it equals the exact
+# Standard textbook play without doubling or splitting; `tests/envs/test_blackjack.py` checks it equals the exact
 # expected-reward optimum of `blackjack_exact` for both dealer rules.
 _UP_CARD_COLUMNS = (2, 3, 4, 5, 6, 7, 8, 9, 10, 1)
 _BASIC_HARD = {

@@ -14,11 +14,11 @@ Rules:
 - gflowvlm reward: the adapter's R = exp(return / T) with T = 0.1: the goal pays R = e^10 (about 22,000), a hole
   R = 1, and an episode the horizon cuts off R = 1e-10 (the adapter's `unfinished="fail"`), so garbage replies,
   which leave the agent at the start until the horizon, always score below the random policy, which mostly
-  falls into a hole (`tests/test_garbage_never_pays.py`). Why T = 0.1: a GFlowNet samples trajectories in
+  falls into a hole (`tests/envs/test_garbage_never_pays.py`). Why T = 0.1: a GFlowNet samples trajectories in
   proportion to R, and trajectories that end in a hole outnumber those that reach the goal (counting the action
   sequences within the horizon on the maps of seeds 0-49: a median 7 times on 4x4 maps, 150 times on 8x8). A
   sampler exactly proportional to R then succeeds on average 33% (4x4) and 4% (8x8) of the time with T = 1, but
-  99.9% and 97% with T = 0.1, still spread over every route to the goal (`tests/test_frozen_lake.py` recounts it).
+  99.9% and 97% with T = 0.1, still spread over every route to the goal (`tests/envs/test_frozen_lake.py` recounts it).
   `info["log_reward"]` of a running episode is 0 (its return so far is 0).
 - text (the caption the tiny VLM is aligned on, and the history lines): the agent's cell, "row 2, column 1", and
   at the end "row 2, column 2: in a hole" or "row 4, column 4: at the goal"; rows and columns count from 1 at the

@@ -16,7 +16,7 @@ Rules, as in RL4VLM (see /work/shared/reference/papers.md):
   a move that does not shrink the distance; GFlowVLM nothing). An episode the horizon cuts off is scored where
   it stands, R = 100 / (distance + 1), the paper's rule. An agent that only sends illegal commands therefore
   keeps its start distance, which pays less than the uniformly random policy, whose walk often reaches the
-  target (`tests/test_garbage_never_pays.py`, id: mean R 34.5 against 76.1, mean log R 3.47 against 4.15;
+  target (`tests/envs/test_garbage_never_pays.py`, id: mean R 34.5 against 76.1, mean log R 3.47 against 4.15;
   ood: 13.4 against 38.9 and 2.19 against 2.72; rl4vlm returns -10 against -2.4 and -100 against -38).
 """
 from __future__ import annotations

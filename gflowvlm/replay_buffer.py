@@ -100,6 +100,7 @@ def _decode(fields: dict[str, Any]) -> Trajectory:
     for step in fields.pop("steps"):
         step = dict(step)
         prompt = Prompt(text=step.pop("prompt_text"), image=_decode_image(step.pop("prompt_image")))
+        step.pop("done_response", None)  # a field no code set, in replay states written before it was removed
         steps.append(Step(prompt=prompt, **step))
     final = fields.pop("final_prompt")
     final_prompt = None if final is None else Prompt(text=final["text"], image=_decode_image(final["image"]))

@@ -23,7 +23,6 @@ class Step:
     illegal: bool
     reward: float  # the environment's reward for this step (its reward mode)
     log_reward: float  # log R(z_t) of the state the step starts from
-    done_response: bool = False  # the response is the [DONE] token (SFT data), not an action
 
 
 @dataclass

@@ -147,6 +147,18 @@ def test_replay_keeps_top_k_per_task_without_duplicates():
     assert np.array_equal(again[0].steps[0].prompt.image, sampled[0].steps[0].prompt.image)
 
 
+def test_replay_state_written_with_the_removed_done_response_field_still_loads():
+    buffer = ReplayBuffer(capacity=2)
+    buffer.add(make_trajectory(1, ["+", "-"], 1.0))
+    state = json.loads(json.dumps(buffer.state_dict()))
+    for step in state["trajectories"][0]["steps"]:
+        step["done_response"] = False  # what checkpoints held before Step lost the field
+    restored = ReplayBuffer(0)
+    restored.load_state_dict(state)
+    [trajectory] = restored.sample(1, random.Random(0))
+    assert trajectory.action_sequence() == ("+", "-") and not hasattr(trajectory.steps[0], "done_response")
+
+
 def test_replay_evicts_the_oldest_task_beyond_max_tasks():
     buffer = ReplayBuffer(capacity=2, max_tasks=2)
     for seed in (1, 2, 3):

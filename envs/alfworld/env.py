@@ -18,7 +18,7 @@ contract (`envs.base.VLMEnv`):
   by its final state (R = 50 * won + p, as any other state). An inadmissible command changes nothing, as a
   legal "look" does (but rl4vlm charges it 1), so stalling buys nothing a legal move would not: an agent that
   only sends garbage stays at p = 0, the floor R = 0.01 (rl4vlm return -35), while random admissible play picks
-  things up and sometimes wins (`tests/test_garbage_never_pays.py`, small id games, 16 seeds: mean R 0.065
+  things up and sometimes wins (`tests/envs/test_garbage_never_pays.py`, small id games, 16 seeds: mean R 0.065
   against 0.01, mean log R -3.97 against -4.61; rl4vlm return 1.02 against -35).
 
 Options: `data_dir` and `split` (see `envs.alfworld.data` for the train/id/ood folder mapping), `task_types`

@@ -9,7 +9,7 @@ video_preprocessor_config.json, and a `video_processor=None` keyword does not st
 sub-processors, not used in their place). A saved config without the video part does not help either.
 
 The subclasses here drop that one argument from `__init__` and change nothing else: text and image processing is
-the library's own code (the outputs are identical, tests/test_policy_qwen2_vl.py checks it). They save themselves
+the library's own code (the outputs are identical, tests/model/test_policy_qwen2_vl.py checks it). They save themselves
 under the library's class name, so a directory written here is an ordinary Hugging Face one that AutoProcessor loads
 wherever torchvision is installed (the video processor then starts from its defaults). Where torchvision is missing,
 `gflowvlm.model.loading.load_processor` falls back to them when AutoProcessor fails for that reason.

@@ -228,7 +228,7 @@ def test_align_on_an_unknown_env_is_a_one_line_error(tmp_path, capsys):
 
 
 def _register_user_env():
-    """A user's env, as in tests/test_user_env.py: one grey tile of 8 shades to read, then "stop"."""
+    """A user's env, as in tests/envs/test_user_env.py: one grey tile of 8 shades to read, then "stop"."""
     import gymnasium as gym
     from PIL import Image
 

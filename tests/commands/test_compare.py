@@ -18,7 +18,7 @@ from gflowvlm.config import RunConfig, config_to_dict
 from gflowvlm.report import smooth
 from gflowvlm.stats import wilson_interval
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NUMBER_LINE = "gflowvlm/NumberLine-v0"
 ALFWORLD = "gflowvlm/ALFWorld-v0"
 

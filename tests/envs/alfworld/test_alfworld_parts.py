@@ -19,6 +19,7 @@ from envs.alfworld.planner import parse_problem, relevant_part
 from envs.alfworld.render import ReceptacleView, SceneView, draw_scene
 
 pytestmark = pytest.mark.alfworld
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))  # the checkout's root
 
 BASE = [("objecttype", "apple_1", "appletype"), ("objecttype", "apple_2", "appletype"),
         ("objecttype", "mug_1", "mugtype"), ("receptacletype", "counter_1", "countertoptype"),
@@ -184,7 +185,7 @@ def test_closing_engines_does_not_crash_the_process():
         "        generate(tempfile.mkdtemp(), GenerationRequest('id', seed=0, size='medium'), 1)\n"
         "print('ok')\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                            cwd=REPO)
     assert result.returncode == 0 and result.stdout.strip() == "ok", (result.returncode, result.stderr[-2000:])
 
 
@@ -219,6 +220,6 @@ def test_import_envs_works_without_alfworld():
         "except Exception as error:\n"
         "    print(type(error).__name__, '|', error)\n")
     result = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, timeout=120,
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                            cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("AlfworldMissingError |") and INSTALL_HINT in result.stdout

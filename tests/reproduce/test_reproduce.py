@@ -14,7 +14,7 @@ from gflowvlm.reproduce.recipe import load_recipe
 from gflowvlm.reproduce.report import markdown
 from gflowvlm.reproduce.results import CELL_KEYS, cell_rows
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "configs" / "reproduce").rglob("*.yaml"))  # ablations/ included
 ENV_RECIPES = [path for path in RECIPES if path.stem != "common"]
 

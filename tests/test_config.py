@@ -1,10 +1,14 @@
 """Config loading: YAML + overrides, strict validation with key-path errors, and the CLI's one-line errors."""
+import glob
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from gflowvlm.config import ConfigError, RunConfig, load_config
+from gflowvlm.config_schema import load_composed_yaml
 
 
 def write(tmp_path, text):
@@ -57,12 +61,44 @@ def test_missing_and_malformed_files(tmp_path):
 
 
 def test_shipped_configs_are_valid():
-    import glob
-
     files = sorted(glob.glob("configs/tiny/*.yaml") + glob.glob("configs/paper/*.yaml"))
     assert len(files) >= 20
     algorithms = {load_config(f).algorithm for f in files}
     assert algorithms == {"tb", "vartb", "subtb", "db", "ppo", "grpo", "sft"}
+
+
+def _bases(path: Path) -> list[Path]:
+    """The files `path` names under `base:` (one or a list, relative to it), resolved."""
+    named = yaml.safe_load(path.read_text()).get("base") or []
+    return [(path.parent / name).resolve() for name in ([named] if isinstance(named, str) else named)]
+
+
+def _depth(path: Path) -> int:
+    """`base:` hops from `path` to its deepest base (0: no base)."""
+    return max((1 + _depth(base) for base in _bases(path)), default=0)
+
+
+def test_shipped_configs_compose_from_their_bases_with_no_orphans():
+    # configs/<folder>/base/*.yaml are partial configs (one per env, plus the online methods' part on it); every
+    # one is some shipped config's base, and every shipped config resolves through a short chain
+    shipped = sorted(Path(f) for folder in ("tiny", "paper") for f in glob.glob(f"configs/{folder}/*.yaml"))
+    partial = sorted(Path(f).resolve() for f in glob.glob("configs/*/base/*.yaml"))
+    assert partial, "configs/*/base/ holds the shared parts"
+    reached, todo = set(), list(shipped)
+    while todo:  # every file some shipped config composes, directly or through another base
+        for base in _bases(todo.pop()):
+            if base not in reached:
+                reached.add(base)
+                todo.append(base)
+    orphans = [str(path) for path in partial if path not in reached]
+    assert not orphans, f"base files no shipped config composes: {orphans}"
+    for path in partial:
+        assert yaml.safe_load(path.read_text()), path
+        assert path.read_text().startswith("# Partial config, not runnable on its own"), path
+    for path in shipped:
+        data = load_composed_yaml(path)
+        assert "base" not in data and data["algorithm"] and data["output_dir"], path
+        assert _depth(path) <= 3, f"{path}: base chain deeper than 3"
 
 
 @pytest.mark.parametrize("args, message", [

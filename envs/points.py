@@ -51,10 +51,18 @@ Oracle. `expert_action()` asks the solver for a completion of the current formul
 binary trees, operators and parenthesisations, exact arithmetic) and emits its next symbol; it emits "=" when
 the formula is already a solution, when no completion exists (unsolvable deal or dead prefix) or when the
 completion would not fit in the remaining steps.
+
+The oracle's `strategy`: "shortest" (default) always writes the solver's one shortest formula, so a deal with
+several solutions is always written the same way (EZPoints' "3 * 4" never as "4 * 3"). "varied" starts each
+episode with a symbol drawn uniformly from those that begin some solution that fits the horizon (each distinct
+card value, and "(" where parentheses exist), then completes it the shortest way: its SFT data show every
+solution order, which a diversity measure (Div@K) needs to be able to credit. The draw uses its own generator,
+seeded from the episode's `np_random` after the deal, so a seeded reset deals the same cards in both strategies.
 """
 from __future__ import annotations
 
 import math
+import random
 from abc import abstractmethod
 from collections import Counter
 from functools import lru_cache
@@ -72,6 +80,7 @@ SOLVED_REWARD = 10.0
 PROGRESS_REWARD = 1.0
 FLOOR_REWARD = 0.01
 NUMBER_ACTIONS = tuple(str(number) for number in range(1, 11))
+STRATEGIES = ("shortest", "varied")  # the oracles (module docstring); env_factory reads this list
 SUITS = ("H", "S", "D", "C")
 RANK_LABELS = {1: "A", 11: "J", 12: "Q", 13: "K"}
 TABLE_GREEN = (53, 101, 77)
@@ -96,9 +105,13 @@ class CardFormulaEnv(VLMEnv):
     split_targets: dict[str, tuple[int, ...]]
 
     def __init__(self, split: str = "id", reward: str = "gflowvlm", image_size: int = 300,
-                 render_mode: str | None = None, max_steps: int | None = None):
+                 render_mode: str | None = None, max_steps: int | None = None, strategy: str = "shortest"):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown {self.game_name} strategy {strategy!r}; choose one of {list(STRATEGIES)}")
         super().__init__(split=split, reward=reward, image_size=image_size, render_mode=render_mode,
                          max_steps=max_steps)
+        self.strategy = strategy
+        self._expert_rng = random.Random(0)  # reseeded at every reset (module docstring)
         parentheses = ("(", ")") if self.rules.parentheses else ()
         self.action_vocabulary: tuple[str, ...] = NUMBER_ACTIONS + tuple(self.rules.operators) + parentheses + ("=",)
         self.target = self.split_targets[split][0]
@@ -142,6 +155,8 @@ class CardFormulaEnv(VLMEnv):
         self.submitted = self.correct = self.timed_out = False
         self._unused = Counter(self.values)
         self._plan = None
+        if self.strategy == "varied":  # drawn after the deal and suits, so they stay those of "shortest"
+            self._expert_rng = random.Random(int(self.np_random.integers(2**62)))
 
     def _option_ranks(self, cards: Any) -> list[int]:
         try:
@@ -215,12 +230,25 @@ class CardFormulaEnv(VLMEnv):
         if self._plan is not None and self._plan[:len(written)] == written:
             completion: Suffix | None = self._plan[len(written):]
         else:
-            completion = self._completion()
+            steps_left = self.max_steps - self.steps_taken
+            completion = self._varied_start(steps_left) if self.strategy == "varied" and not written else None
+            completion = completion or self._completion()
             self._plan = None if completion is None else written + completion
         steps_left = self.max_steps - self.steps_taken
         if completion is None or not completion or len(completion) + 1 > steps_left:
             return "=", completion
         return completion[0], completion
+
+    def _varied_start(self, steps_left: int) -> Suffix | None:
+        """A whole formula that starts with a symbol drawn uniformly from those beginning a solution that fits in
+        `steps_left` steps with its "=", completed the shortest way; None when no solution fits."""
+        firsts = [str(value) for value in sorted(set(self.values))] + (["("] if self.rules.parentheses else [])
+        options = []
+        for first in firsts:
+            rest = find_completion([first], self.values, self.target, self.rules)
+            if rest is not None and len(rest) + 2 <= steps_left:
+                options.append((first, *rest))
+        return self._expert_rng.choice(options) if options else None
 
     def expert_action(self) -> str:
         return self._expert_plan()[0]

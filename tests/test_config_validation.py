@@ -118,12 +118,20 @@ def test_temperature_zero_is_refused_only_where_sampling_is_used():
     (["collect.expert_strategy=basic"], "collect.expert_strategy: gflowvlm/NumberLine-v0 has a single oracle"),
     (["env.id=gflowvlm/Blackjack-v0", "collect.expert_strategy=lucky"],
      "collect.expert_strategy: gflowvlm/Blackjack-v0 has no strategy 'lucky' (it has: basic, stand17, max_win)"),
+    (["env.id=gflowvlm/EZPoints-v0", "collect.expert_strategy=basic"],
+     "collect.expert_strategy: gflowvlm/EZPoints-v0 has no strategy 'basic' (it has: shortest, varied)"),
 ])
 def test_env_and_its_options_are_checked_against_the_env_class(overrides, message):
     with pytest.raises(ConfigError) as error:
         load_config(None, overrides)
     assert message in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_the_formula_games_take_the_varied_oracle():
+    for env_id in ("gflowvlm/EZPoints-v0", "gflowvlm/Points24-v0"):
+        config = load_config(None, [f"env.id={env_id}", "collect.expert_strategy=varied"])
+        assert config.collect.expert_strategy == "varied"
 
 
 def test_a_contract_message_says_what_a_user_env_must_provide():

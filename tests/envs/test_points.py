@@ -347,6 +347,44 @@ def test_oracle_respects_the_remaining_steps():
     assert info["success"]
 
 
+@pytest.mark.parametrize("env_id, seeds", [(EZ, 200), (P24, 60)])
+def test_varied_oracle_deals_the_same_cards_and_solves_what_shortest_solves(env_id, seeds):
+    shortest, varied = make(env_id, reward="rl4vlm"), make(env_id, reward="rl4vlm", strategy="varied")
+    for seed in range(seeds):
+        _, short_info = run_oracle(shortest, seed)
+        total, info = run_oracle(varied, seed)
+        assert (varied.ranks, varied.suits, varied.target) == (shortest.ranks, shortest.suits, shortest.target)
+        assert info["success"] == short_info["success"], (seed, varied.ranks, varied.formula)
+        assert total == (10.0 if info["success"] else -1.0)
+
+
+def test_varied_oracle_writes_both_orders_of_a_deal_and_is_seeded():
+    env = make(EZ, strategy="varied")
+    formulas = Counter()
+    for seed in range(40):
+        total, info = run_oracle(env, seed, options={"cards": [3, 4]})
+        assert info["success"]
+        formulas[" ".join(env.formula)] += 1
+    assert set(formulas) == {"3 * 4", "4 * 3"} and min(formulas.values()) >= 10  # about half each
+    firsts = []
+    for _ in range(2):  # the same seed draws the same start
+        env.reset(seed=7, options={"cards": [3, 4]})
+        firsts.append(env.expert_action())
+        assert env.expert_thoughts().endswith(f"so I write {firsts[-1]} first.")
+    assert firsts[0] == firsts[1]
+    env.reset(seed=0, options={"cards": [6, 6]})  # one distinct card value: one way to start
+    assert env.expert_action() == "6"
+
+
+def test_varied_oracle_respects_the_remaining_steps_and_the_shortest_is_the_default():
+    env = make(P24, max_steps=6, strategy="varied")
+    env.reset(seed=0, options={"cards": [3, 3, 8, 8]})  # no solution fits in 6 steps, whatever the start
+    assert env.expert_action() == "=" and "more steps" in env.expert_thoughts()
+    assert make(EZ).strategy == "shortest"
+    with pytest.raises(ValueError, match="unknown EZPoints strategy 'longest'"):
+        make(EZ, strategy="longest")
+
+
 # ----- images ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("env_id", [EZ, P24])
 @pytest.mark.parametrize("size", [64, 300])

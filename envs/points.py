@@ -57,7 +57,9 @@ several solutions is always written the same way (EZPoints' "3 * 4" never as "4 
 episode with a symbol drawn uniformly from those that begin some solution that fits the horizon (each distinct
 card value, and "(" where parentheses exist), then completes it the shortest way: its SFT data show every
 solution order, which a diversity measure (Div@K) needs to be able to credit. The draw uses its own generator,
-seeded from the episode's `np_random` after the deal, so a seeded reset deals the same cards in both strategies.
+seeded from the episode's `np_random` after the deal, so a seeded reset deals the same cards in both strategies
+and one task is always written the same way; `seed_expert(seed)` reseeds it (what the oracle row's Div@K does, so
+its K plays of a task draw independently).
 """
 from __future__ import annotations
 
@@ -249,6 +251,12 @@ class CardFormulaEnv(VLMEnv):
             if rest is not None and len(rest) + 2 <= steps_left:
                 options.append((first, *rest))
         return self._expert_rng.choice(options) if options else None
+
+    def seed_expert(self, seed: int) -> None:
+        """Reseed the varied oracle's draws for the rest of this episode (the K plays of one task in Div@K draw
+        apart; reset() seeds them from the deal). Call it before the oracle's first action."""
+        self._expert_rng = random.Random(int(seed))
+        self._plan = None
 
     def expert_action(self) -> str:
         return self._expert_plan()[0]

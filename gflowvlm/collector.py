@@ -149,9 +149,17 @@ class Collector:
             env.close()
 
 
-def play_expert(env, builder: PromptBuilder, seed: int, group: int, env_id: str) -> Trajectory:
-    """Roll the environment's oracle from reset(seed); responses are written in the prompt builder's JSON format."""
+def play_expert(env, builder: PromptBuilder, seed: int, group: int, env_id: str,
+                expert_seed: int | None = None) -> Trajectory:
+    """Roll the environment's oracle from reset(seed); responses are written in the prompt builder's JSON format.
+
+    `expert_seed` reseeds a randomised oracle's own draws after the reset (an env with `seed_expert`, e.g. the
+    formula games' "varied" oracle): the K plays of one task in a Div@K measurement draw independently. Without it
+    the oracle's draws follow from the reset seed, so one task is always played one way.
+    """
     observation, info = env.reset(seed=seed)
+    if expert_seed is not None and callable(getattr(env.unwrapped, "seed_expert", None)):
+        env.unwrapped.seed_expert(expert_seed)
     trajectory = Trajectory(env_id=env_id, task_seed=seed, group=group, task=info["task"],
                             task_type=str(info.get("task_type", "")), source="expert")
     history: list[HistoryStep] = []

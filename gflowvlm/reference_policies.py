@@ -16,6 +16,7 @@ from gflowvlm.config import RunConfig
 from gflowvlm.env_factory import make_env
 from gflowvlm.evaluation import EpisodeRecord, evaluate, evaluation_config, summarize, task_seeds
 from gflowvlm.prompting import Prompt, PromptBuilder
+from gflowvlm.seeding import Stream, stream_seed
 
 
 def answer_nothing(prompts: Sequence[Prompt], seed: int) -> list[str]:
@@ -38,7 +39,8 @@ def evaluate_oracle(run_config: RunConfig, split: str, episodes: int, seed: int 
                     max_steps: int | None = None, strategy: str | None = None,
                     samples_per_task: int = 1) -> dict[str, Any]:
     """The env's expert on the same evaluation tasks (same task seeds as `evaluate`); with `samples_per_task` = K,
-    each task is played K times and Div@K measured (1 for an expert that always plays the same way)."""
+    each task is played K times and Div@K measured (1 for an expert that always plays the same way; a randomised
+    one, such as the formula games' "varied", draws afresh in each play, see collector.play_expert)."""
     config = evaluation_config(run_config, split, samples_per_task, seed, episodes, max_steps=max_steps)
     env_config = config.env
     kwargs = dict(env_config.kwargs)
@@ -48,9 +50,12 @@ def evaluate_oracle(run_config: RunConfig, split: str, episodes: int, seed: int 
                    max_steps=env_config.max_steps, **kwargs)
     builder = PromptBuilder(env_config.id, config.prompt)
     try:
-        records = [EpisodeRecord.from_trajectory(play_expert(env, builder, task_seed, index, env_config.id), index)
+        records = [EpisodeRecord.from_trajectory(play_expert(
+                       env, builder, task_seed, index, env_config.id,
+                       expert_seed=stream_seed(Stream.EXPERT_DRAW, seed, index, j) if samples_per_task > 1 else None),
+                       index)
                    for index, task_seed in enumerate(task_seeds(seed, episodes // samples_per_task))
-                   for _ in range(samples_per_task)]
+                   for j in range(samples_per_task)]
         horizon = env.unwrapped.max_steps
     finally:
         env.close()

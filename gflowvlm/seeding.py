@@ -36,6 +36,7 @@ class Stream(enum.Enum):
     EVAL_TASK = "eval-task"  # evaluation: reset seed of evaluation task `index` (index)
     ANCHOR = "anchor"  # online methods: the SFT-anchor records of one optimizer step (rank, iteration, index)
     TASK_POOL = "task-pool"  # collector: which of collect.task_pool fixed tasks a group plays (rank, iteration, group)
+    EXPERT_DRAW = "expert-draw"  # reference rows: a randomised oracle's own draws in play j of task `index` (index, j)
 
 
 SEED_BITS = 63

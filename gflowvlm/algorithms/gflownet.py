@@ -61,11 +61,11 @@ class GFlowNet(OnlineMethod):
         metrics: dict[str, float] = self.anchor.backward(iteration)
         finite = True
         for micro in range(config.optim.grad_accum):
-            started = time.perf_counter()
             round_index = iteration * config.optim.grad_accum + micro
-            on_policy = self.collector.collect(self.generate, round_index)
-            batch = on_policy + self._off_policy(on_policy, round_index)
-            seconds["collect"] += time.perf_counter() - started
+            on_policy, collect_seconds = self.collect(round_index)
+            started = time.perf_counter()
+            batch = on_policy + self._off_policy(on_policy, round_index)  # the expert's episodes count as collection
+            seconds["collect"] += collect_seconds + time.perf_counter() - started
             started = time.perf_counter()
             chunks = chunk_by_group(batch, config.optim.batch_size)
             last_micro = micro == config.optim.grad_accum - 1

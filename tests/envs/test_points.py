@@ -374,6 +374,12 @@ def test_varied_oracle_writes_both_orders_of_a_deal_and_is_seeded():
     assert firsts[0] == firsts[1]
     env.reset(seed=0, options={"cards": [6, 6]})  # one distinct card value: one way to start
     assert env.expert_action() == "6"
+    starts = set()
+    for expert_seed in range(20):  # reseeded after the reset: plays of ONE task draw apart
+        env.reset(seed=7, options={"cards": [3, 4]})
+        env.seed_expert(expert_seed)
+        starts.add(env.expert_action())
+    assert starts == {"3", "4"}
 
 
 def test_varied_oracle_respects_the_remaining_steps_and_the_shortest_is_the_default():

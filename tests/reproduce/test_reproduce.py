@@ -326,6 +326,20 @@ def test_reference_rows_get_div_at_k_on_the_models_protocol(tmp_path):
             assert rows["id"]["div_at_k"] is not None and rows["id"]["div_at_k"] > 1.0
 
 
+@pytest.mark.parametrize("strategy, more_than_one", [("shortest", False), ("varied", True)])
+def test_a_randomised_oracle_draws_afresh_in_each_play_of_a_task(tmp_path, strategy, more_than_one):
+    """EZPoints deals with two distinct cards have two solution orders: the varied oracle's K plays find both."""
+    recipe = load_recipe(ROOT / "configs" / "reproduce" / "ezpoints.yaml",
+                         overrides=[f"expert_strategy={strategy}", "evaluation.diversity_k=8",
+                                    "evaluation.diversity_tasks=6"])
+    results = runner._reference_evaluations(recipe, runner.Cell(0, "oracle"), tmp_path)
+    diversity = results["id"]["diversity"]
+    assert diversity["success_rate"] == 1.0 and diversity["settings"]["expert_strategy"] == strategy
+    assert (diversity["div_at_k"] > 1.2) if more_than_one else (diversity["div_at_k"] == 1.0)
+    again = runner._reference_evaluations(recipe, runner.Cell(0, "oracle"), tmp_path / "again")
+    assert again["id"]["diversity"]["div_at_k"] == diversity["div_at_k"]  # seeded: the same draws each time
+
+
 def test_bad_command_lines_are_one_line_errors(tmp_path, capsys):
     recipe = str(ROOT / "configs" / "reproduce" / "numberline.yaml")
     afile = _write(tmp_path / "file", "x")

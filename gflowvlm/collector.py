@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gflowvlm.config import RunConfig
+from gflowvlm.config import GenerationConfig, RunConfig
 from gflowvlm.env_factory import make_env
 from gflowvlm.prompting import HistoryStep, Prompt, PromptBuilder
 from gflowvlm.response_parser import action_span, parse_action
@@ -127,15 +127,11 @@ class Collector:
         return trajectories
 
     def _prompt(self, observation: dict, info: dict, history: list[HistoryStep]) -> Prompt:
-        return self.builder.build(info["task"], history, info["admissible_actions"], observation["image"],
-                                  state_text=observation["text"])
+        return state_prompt(self.builder, observation, info, history)
 
     def _finish(self, trajectory: Trajectory, observation: dict, info: dict, history: list[HistoryStep],
                 terminated: bool, truncated: bool) -> None:
-        trajectory.final_log_reward = float(info["log_reward"])
-        trajectory.final_prompt = self._prompt(observation, info, history)
-        trajectory.terminated, trajectory.truncated = bool(terminated), bool(truncated)
-        trajectory.success = bool(info["success"])
+        finish(trajectory, self.builder, observation, info, history, terminated, truncated)
 
     def expert_trajectory(self, seed: int, group: int) -> Trajectory:
         """The oracle's trajectory for a task (the paper's ground-truth injection), in the policy's response format."""
@@ -164,8 +160,7 @@ def play_expert(env, builder: PromptBuilder, seed: int, group: int, env_id: str,
                             task_type=str(info.get("task_type", "")), source="expert")
     history: list[HistoryStep] = []
     while True:
-        prompt = builder.build(info["task"], history, info["admissible_actions"], observation["image"],
-                               state_text=observation["text"])
+        prompt = state_prompt(builder, observation, info, history)
         unwrapped = env.unwrapped
         action, thoughts = unwrapped.expert_action(), unwrapped.expert_thoughts()
         response = builder.response(thoughts, action, unwrapped.state_fields())
@@ -176,12 +171,39 @@ def play_expert(env, builder: PromptBuilder, seed: int, group: int, env_id: str,
         history.append(HistoryStep(observation["text"], action))
         observation = next_observation
         if terminated or truncated:
-            trajectory.final_log_reward = float(info["log_reward"])
-            trajectory.final_prompt = builder.build(info["task"], history, info["admissible_actions"],
-                                                    observation["image"], state_text=observation["text"])
-            trajectory.terminated, trajectory.truncated = bool(terminated), bool(truncated)
-            trajectory.success = bool(info["success"])
+            finish(trajectory, builder, observation, info, history, terminated, truncated)
             return trajectory
+
+
+def state_prompt(builder: PromptBuilder, observation: dict, info: dict, history: list[HistoryStep]) -> Prompt:
+    """The prompt at a state: its task, the history so far, the admissible actions, its image and caption."""
+    return builder.build(info["task"], history, info["admissible_actions"], observation["image"],
+                         state_text=observation["text"])
+
+
+def finish(trajectory: Trajectory, builder: PromptBuilder, observation: dict, info: dict,
+           history: list[HistoryStep], terminated: bool, truncated: bool) -> None:
+    """Record how an episode ended (policy and oracle alike): log R(z_n), the prompt at z_n, the flags."""
+    trajectory.final_log_reward = float(info["log_reward"])
+    trajectory.final_prompt = state_prompt(builder, observation, info, history)
+    trajectory.terminated, trajectory.truncated = bool(terminated), bool(truncated)
+    trajectory.success = bool(info["success"])
+
+
+def policy_generate(policy, generation: GenerationConfig, greedy: bool = False) -> GenerateFn:
+    """generate(prompts, seed) -> texts through VLMPolicy.generate with a run's `generation` settings, without
+    gradients (training samples, evaluation samples or decodes greedily)."""
+    import torch  # deferred: the collector itself needs no torch
+
+    do_sample = not greedy and generation.temperature > 0
+
+    def generate(prompts, seed: int) -> list[str]:
+        with torch.no_grad():
+            outputs = policy.generate(list(prompts), temperature=generation.temperature if do_sample else 1.0,
+                                      top_p=generation.top_p, max_new_tokens=generation.max_new_tokens,
+                                      do_sample=do_sample, seed=seed)
+        return [output.text for output in outputs]
+    return generate
 
 
 def with_action(response: str, command: str) -> str:

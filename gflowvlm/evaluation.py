@@ -28,8 +28,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from gflowvlm import checkpoint
-from gflowvlm.collector import Collector, GenerateFn
-from gflowvlm.config import GenerationConfig, ModelConfig, RunConfig, load_config
+from gflowvlm.collector import Collector, GenerateFn, policy_generate
+from gflowvlm.config import ModelConfig, RunConfig, load_config
 from gflowvlm.env_factory import make_env
 from gflowvlm.errors import UserError
 from gflowvlm.seeding import Stream, stream_seed
@@ -337,21 +337,6 @@ def load_policy(resolved: ResolvedCheckpoint | None, model_config: ModelConfig |
                                            trust_remote_code=trust_remote_code)
     policy.eval()
     return policy
-
-
-def policy_generate(policy, generation: GenerationConfig, greedy: bool) -> GenerateFn:
-    """generate(prompts, seed) -> texts through VLMPolicy.generate, without gradients."""
-    import torch
-
-    do_sample = not greedy and generation.temperature > 0
-
-    def generate(prompts, seed: int) -> list[str]:
-        with torch.no_grad():
-            outputs = policy.generate(list(prompts), temperature=generation.temperature if do_sample else 1.0,
-                                      top_p=generation.top_p, max_new_tokens=generation.max_new_tokens,
-                                      do_sample=do_sample, seed=seed)
-        return [output.text for output in outputs]
-    return generate
 
 
 def default_output(checkpoint_path: str | Path | None, env_id: str, split: str) -> Path:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from gflowvlm.algorithms import AlgorithmContext
-from gflowvlm.collector import Collector
+from gflowvlm.collector import Collector, policy_generate
 from gflowvlm.seeding import Stream, stream_seed
 from gflowvlm.sft_data import load_prompt, read_sft_data
 from gflowvlm.trajectory import Trajectory
@@ -40,16 +40,7 @@ class OnlineMethod:
 
 def make_generate(context: AlgorithmContext, greedy: bool = False):
     """generate(prompts, seed) -> texts, sampling with the run's generation settings (no gradient)."""
-    generation = context.config.generation
-
-    def generate(prompts, seed: int) -> list[str]:
-        with torch.no_grad():
-            outputs = context.policy.generate(
-                prompts, temperature=generation.temperature, top_p=generation.top_p,
-                max_new_tokens=generation.max_new_tokens, do_sample=not greedy and generation.temperature > 0,
-                seed=seed)
-        return [output.text for output in outputs]
-    return generate
+    return policy_generate(context.policy, context.config.generation, greedy)
 
 
 def rollout_metrics(trajectories: Sequence[Trajectory]) -> dict[str, float]:

@@ -61,6 +61,7 @@ def markdown(results: dict) -> str:
     k = results["evaluation"].get("diversity_k") or 0
     if k:
         headers += [f"{split_name(split)} Div@{k}" for split in splits]
+        headers += [f"{split_name(split)} Div@{k} samples solved" for split in splits]
     headers += [f"{split_name(split)} parse rate" for split in splits]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for method in methods:
@@ -69,6 +70,7 @@ def markdown(results: dict) -> str:
                 success_columns]
         if k:
             row += [entry(aggregate(cells, method, split, "div_at_k"), percent=False, digits=2) for split in splits]
+            row += [entry(aggregate(cells, method, split, "div_success_rate")) for split in splits]
         row += [entry(aggregate(cells, method, split, "parse_rate")) for split in splits]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
     env = env_name(results["env"])
@@ -83,7 +85,8 @@ def markdown(results: dict) -> str:
         "values). Parse rate: share of steps whose response named an admissible action (the rest fell back to a "
         f"{evaluation['unparseable']} action). "
         + (f"Div@{k}: distinct successful trajectories among {k} samples of a solved task "
-           f"({evaluation['diversity_tasks']} tasks per split). " if k else ""),
+           f"({evaluation['diversity_tasks']} tasks per split); read it beside the share of those samples that "
+           f"solved their task (Div@{k} samples solved), since it counts only the solved tasks. " if k else ""),
         "",
         f"Every method but SFT trains from the same SFT model of its seed for {results['budget_env_steps']:,} "
         f"on-policy environment steps. Episode horizon: {horizon}. Expert (SFT data, injection, oracle row): "

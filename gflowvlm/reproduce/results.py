@@ -1,7 +1,8 @@
 """results.json: one flat row per (env, method, seed, split[, task type]) and the aggregates a report shows.
 
     {"recipe": ..., "commit": ..., "command": ..., "cells": [{"env", "method", "seed", "split", "success_rate",
-     "ci95", "div_at_k", "k", "episodes", "env_steps", "parse_rate", "seconds", "task_type"}, ...],
+     "ci95", "div_at_k", "k", "div_success_rate", "episodes", "env_steps", "parse_rate", "seconds", "task_type"},
+     ...],
      "curves": {method: {seed: [[env_steps, training success], ...]}}, ...}
 
 The report is rendered from this file alone (gflowvlm/reproduce/report.py), so every number in it can be traced to
@@ -17,8 +18,11 @@ from typing import Any
 
 from gflowvlm.stats import mean_interval
 
-CELL_KEYS = ("env", "method", "seed", "split", "success_rate", "ci95", "div_at_k", "k", "episodes", "env_steps",
-             "parse_rate", "seconds", "task_type")
+CELL_KEYS = ("env", "method", "seed", "split", "success_rate", "ci95", "div_at_k", "k", "div_success_rate",
+             "episodes", "env_steps", "parse_rate", "seconds", "task_type")
+# div_success_rate: the share of the Div@K samples (K per task, temperature as in training) that solved their task.
+# Div@K counts distinct solutions among the solved tasks only, so it is read beside this: a policy that rarely
+# solves can show a high Div@K over the few tasks it solved.
 
 
 def cell_rows(record: dict) -> list[dict[str, Any]]:
@@ -30,13 +34,15 @@ def cell_rows(record: dict) -> list[dict[str, Any]]:
         diversity = result.get("diversity") or {}
         base = {"env": record["env"], "method": record["method"], "seed": int(record["seed"]), "split": split,
                 "div_at_k": diversity.get("div_at_k"), "k": diversity.get("samples_per_task"),
+                "div_success_rate": diversity.get("success_rate"),
                 "env_steps": int(record.get("env_steps", 0)), "parse_rate": result.get("parse_rate"),
                 "seconds": seconds}
         rows.append({**base, "success_rate": result["success_rate"], "ci95": result["ci95"],
                      "episodes": result["episodes"], "task_type": None})
         for task_type, row in sorted((result.get("per_task_type") or {}).items()):
             rows.append({**base, "success_rate": row["success_rate"], "ci95": row["ci95"],
-                         "episodes": row["episodes"], "task_type": task_type, "div_at_k": None, "k": None})
+                         "episodes": row["episodes"], "task_type": task_type, "div_at_k": None, "k": None,
+                         "div_success_rate": None})
     return rows
 
 

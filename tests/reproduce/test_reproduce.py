@@ -247,6 +247,23 @@ def test_the_report_is_computed_from_results_json():
     assert "abc123" in text and "gflowvlm reproduce x" in text and "1,000" in text
 
 
+def test_div_at_k_is_shown_beside_the_share_of_its_samples_that_solved():
+    """Div@K counts only solved tasks, so the report puts the samples' success next to it (and '-' where a cell
+    from an older results.json lacks it)."""
+    results = known_results()
+    results["evaluation"]["diversity_k"] = 8
+    for cell in results["cells"]:
+        cell.update(div_at_k=1.5, k=8)
+        if cell["method"] == "sft":
+            cell["div_success_rate"] = {0: 0.25, 1: 0.5, 2: 0.75}[cell["seed"]]
+    text = markdown(results)
+    assert "| Method | ID | ID Div@8 | ID Div@8 samples solved | ID parse rate |" in text
+    assert "| SFT | 60.0 [35.2, 84.8] (50.0, 60.0, 70.0) | 1.50 [1.50, 1.50] (1.50, 1.50, 1.50) | " \
+           "50.0 [0.0, 100.0] (25.0, 50.0, 75.0) |" in text
+    assert "| GFlowVLM SubTB off-policy | 90.0 [65.2, 100.0] (80.0, 90.0, 100.0) | 1.50 [1.50, 1.50] " \
+           "(1.50, 1.50, 1.50) | - |" in text
+
+
 def test_a_malformed_alignment_file_is_left_out_not_trusted(tmp_path):
     (tmp_path / "seed0" / "tiny-vlm").mkdir(parents=True)
     for text in ("{not json", json.dumps({"accuracy": "x", "per_env": []}), json.dumps([1, 2])):

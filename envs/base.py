@@ -81,7 +81,14 @@ class VLMEnv(gym.Env, metaclass=ABCMeta):
 
     @abstractmethod
     def state_text(self) -> str:
-        """The current state, in words (the caption of the image; the history lines of the prompt)."""
+        """The current state, in words (`obs["text"]`: the history lines of the prompt)."""
+
+    def image_caption(self) -> str:
+        """What the image shows, in words: the target of caption pre-training (`gflowvlm.model.vision_alignment`).
+
+        The state text by default. A game whose state text says more than the image draws (Blackjack's hand
+        totals and outcomes) overrides this, so that alignment teaches reading and not arithmetic."""
+        return self.state_text()
 
     @abstractmethod
     def admissible_actions(self) -> list[str]:

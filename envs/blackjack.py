@@ -195,6 +195,13 @@ class BlackjackEnv(VLMEnv):
             text += {1: ", you win", 0: ", draw", -1: ", you lose"}[self.outcome]
         return text
 
+    def image_caption(self) -> str:
+        """The cards drawn, nothing else: `draw` shows no totals, outcome or step limit, so reading them off
+        the image would be arithmetic (or guessing), not reading. The hidden card is implied by "shows"."""
+        dealer = f"dealer cards {_card_list(self.dealer)}" if self.dealer_revealed else \
+            f"dealer shows {rank_name(self.dealer[0])}"
+        return f"{dealer}, your cards {_card_list(self.player)}"
+
     def _total_words(self) -> str:
         total = self.player_total()
         if total > 21:

@@ -55,6 +55,9 @@ RECIPES: dict[str, dict] = {
     "warm_noclip": dict(lr=3e-4, vision_lr_scale=1.0, warmup_steps=100, schedule="cosine", grad_clip=None),
     # The recipe the project uses: AlignmentConfig's defaults, the env's image size, pairs and step budget.
     "recipe": dict(),
+    # The recipe with the observation text as the caption: what every run used before envs had image_caption()
+    # (only Blackjack's differs: its text adds hand totals and outcomes the image does not draw).
+    "text_caption": dict(caption="text"),
 }
 
 
@@ -67,12 +70,13 @@ def run_one(name: str, env_id: str, seed: int, steps: int | None, pairs_per_spli
     config = replace(AlignmentConfig(), steps=steps or env_recipe.steps, seed=seed, target_accuracy=target,
                      **settings)
     model, processor = build_tiny_vlm("llava", image_size=image_size, seed=seed, vision_tower=env_recipe.vision_tower)
-    sets = env_caption_sets([env_id], image_size, seed, config.eval_fraction, pairs_per_split)
+    sets = env_caption_sets([env_id], image_size, seed, config.eval_fraction, pairs_per_split, config.caption)
     train, held_out = sets[env_id]
     if mix:
         others = [other for other in CARD_ENVS if other != env_id]
         train += [pair for other_train, _ in env_caption_sets(others, image_size, seed, config.eval_fraction,
-                                                              pairs_per_split).values() for pair in other_train]
+                                                              pairs_per_split, config.caption).values()
+                  for pair in other_train]
     result = align_vision(model, processor, train, config, progress=False, eval_pairs={env_id: held_out})
     # The stopping figure is on config.eval_max held-out pairs; re-read a larger held-out share at the end.
     started = time.perf_counter()

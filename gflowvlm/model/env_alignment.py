@@ -1,11 +1,11 @@
 """Caption pre-training on named environments: the per-env recipe, held-out states per env, `alignment.json`.
 
 `make_seeing_model` is what `gflowvlm make-tiny-model --align ENV_ID ...` and `gflowvlm demo` run: build the
-tiny VLM, draw (image, caption) pairs from every named env (`obs["text"]` is the caption; both splits where the
-env has them, so OOD numbers are read too), hold out a share of each env's distinct states, train with
-`vision_alignment.align_vision` until EVERY env's held-out exact-caption accuracy reaches the target, save the
-model and write `alignment.json` beside it. Any registered gymnasium env that follows the contract works, a
-user's included (`module:EnvId-v0` imports the module that registers it, as `gymnasium.make` does).
+tiny VLM, draw (image, caption) pairs from every named env (the env's `image_caption()`, else `obs["text"]`;
+both splits where the env has them, so OOD numbers are read too), hold out a share of each env's distinct
+states, train with `vision_alignment.align_vision` until EVERY env's held-out exact-caption accuracy reaches the
+target, save the model and write `alignment.json` beside it. Any registered gymnasium env that follows the
+contract works, a user's included (`module:EnvId-v0` imports the module that registers it, as `gymnasium.make` does).
 
 The measurements behind `ENV_RECIPES` are in `gflowvlm.model.vision_alignment`'s docstring.
 """
@@ -104,7 +104,8 @@ def env_splits(env_id: str, image_size: int) -> tuple[str | None, ...]:
 
 
 def env_caption_sets(env_ids: Sequence[str], image_size: int, seed: int, eval_fraction: float,
-                     pairs_per_split: int | None = None) -> dict[str, tuple[list[CaptionPair], list[CaptionPair]]]:
+                     pairs_per_split: int | None = None,
+                     caption: str = "image") -> dict[str, tuple[list[CaptionPair], list[CaptionPair]]]:
     """env id -> (train pairs, held-out pairs): a share of each env's distinct captions never trained on."""
     sets = {}
     for env_id in dict.fromkeys(env_ids):
@@ -112,7 +113,7 @@ def env_caption_sets(env_ids: Sequence[str], image_size: int, seed: int, eval_fr
         pairs: list[CaptionPair] = []
         for index, split in enumerate(env_splits(env_id, image_size)):
             # Another seed per split: both splits of a card game deal from the same seeds otherwise.
-            pairs += caption_pairs([env_id], n, image_size, seed + 7919 * index, split=split)
+            pairs += caption_pairs([env_id], n, image_size, seed + 7919 * index, split=split, caption=caption)
         sets[env_id] = split_by_caption(pairs, eval_fraction, seed)
     return sets
 
@@ -120,7 +121,7 @@ def env_caption_sets(env_ids: Sequence[str], image_size: int, seed: int, eval_fr
 def align_on_envs(model, processor, env_ids: Sequence[str], image_size: int, config: AlignmentConfig,
                   progress: bool = True, pairs_per_split: int | None = None) -> dict:
     """Caption pre-train `model` on `env_ids` (rendered at `image_size`); the summary `alignment.json` holds."""
-    sets = env_caption_sets(env_ids, image_size, config.seed, config.eval_fraction, pairs_per_split)
+    sets = env_caption_sets(env_ids, image_size, config.seed, config.eval_fraction, pairs_per_split, config.caption)
     train = {env_id: train_pairs for env_id, (train_pairs, _) in sets.items()}  # drawn in equal shares per env
     result = align_vision(model, processor, train, config, progress=progress,
                           eval_pairs={env_id: held_out for env_id, (_, held_out) in sets.items()})
@@ -138,10 +139,11 @@ def make_seeing_model(out: str | Path, env_ids: Sequence[str], family: str = "ll
                       seed: int = 0, steps: int | None = None, target_accuracy: float | None = None,
                       corpus=None, vocab_size: int = 1024, progress: bool = True,
                       config: AlignmentConfig | None = None, pairs_per_split: int | None = None,
-                      vision_tower: str | None = None) -> dict:
+                      vision_tower: str | None = None, caption: str | None = None) -> dict:
     """Build the tiny VLM, caption pre-train it on `env_ids`, save it to `out` with `alignment.json` (last).
 
-    Image size, vision tower, step budget and pairs default to the envs' recipes (ENV_RECIPES)."""
+    Image size, vision tower, step budget and pairs default to the envs' recipes (ENV_RECIPES); `caption`
+    (vision_alignment.CAPTION_SOURCES) overrides the config's."""
     from gflowvlm.model.tiny_vlm import ONE_TOWER_FAMILIES, build_tiny_vlm, save_tiny_vlm
 
     check_env_ids(env_ids)
@@ -150,6 +152,8 @@ def make_seeing_model(out: str | Path, env_ids: Sequence[str], family: str = "ll
     config = replace(config or AlignmentConfig(), seed=seed, steps=steps or recipe_steps(env_ids))
     if target_accuracy is not None:
         config = replace(config, target_accuracy=target_accuracy)
+    if caption is not None:
+        config = replace(config, caption=caption)
     model, processor = build_tiny_vlm(family, image_size, seed, vocab_size, corpus, vision_tower)
     summary = align_on_envs(model, processor, env_ids, image_size, config, progress, pairs_per_split)
     summary.update(family=family, vision_tower=vision_tower, parameters=sum(p.numel() for p in model.parameters()),

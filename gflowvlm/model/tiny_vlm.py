@@ -296,6 +296,8 @@ def save_tiny_vlm(model, processor, directory: str | Path) -> Path:
 
 
 def make_tiny_model_main(argv: list[str] | None = None) -> int:
+    from gflowvlm.model.vision_alignment import CAPTION_SOURCES
+
     parser = argparse.ArgumentParser(prog="gflowvlm make-tiny-model", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="directory to write (created; must be empty unless --force)")
     parser.add_argument("--family", default="llava", choices=TINY_FAMILIES)
@@ -314,6 +316,9 @@ def make_tiny_model_main(argv: list[str] | None = None) -> int:
                         help="stop once every env's held-out exact-caption accuracy reaches this (default 0.98)")
     parser.add_argument("--align-pairs", type=int, default=None,
                         help="caption pairs drawn per env and split (default: the envs' recipe)")
+    parser.add_argument("--align-caption", default="image", choices=CAPTION_SOURCES,
+                        help="what the model learns to write for an image: image = what it shows (the env's "
+                             "image_caption), text = the observation text (Blackjack's adds totals and outcomes)")
     parser.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
     try:
         args = parser.parse_args(argv)
@@ -350,7 +355,8 @@ def make_tiny_model_main(argv: list[str] | None = None) -> int:
 
             summary = make_seeing_model(out, args.align, args.family, image_size, args.seed, args.align_steps,
                                         args.align_target, corpus, args.vocab_size,
-                                        pairs_per_split=args.align_pairs, vision_tower=tower)
+                                        pairs_per_split=args.align_pairs, vision_tower=tower,
+                                        caption=args.align_caption)
             parameters, vocabulary = summary["parameters"], summary["vocabulary"]
         else:
             model, processor = build_tiny_vlm(args.family, image_size, args.seed, args.vocab_size, corpus, tower)

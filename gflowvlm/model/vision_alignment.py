@@ -3,8 +3,11 @@
 A VLM trained from scratch (the built-in tiny VLM) that goes straight to SFT on JSON responses learns to ignore
 the image: the actions follow from the teacher-forced thoughts, and nothing forces the language model to look at
 the image tokens. Captioning fixes that: the model sees an observation image and a fixed instruction and must
-write the state as text (`obs["text"]`, a ready caption), with the loss only on the caption tokens. Every caption
-token that depends on the image can only be predicted by reading it.
+write the state as text, with the loss only on the caption tokens. Every caption token that depends on the image
+can only be predicted by reading it. The caption is what the image shows: the env's `image_caption()` where it
+has one (every `envs.base.VLMEnv` does; it is the state text unless the game's text says more than its image),
+else `obs["text"]` (`caption="text"` always takes `obs["text"]`, the project's captions before Blackjack's
+`image_caption`).
 
 Measured with the built-in tiny LLaVA on NumberLine (scripts/alignment_experiments.py prints the figures), the
 learning curve is a plateau at chance (the caption's words are learned, the digits are guessed) followed by an
@@ -60,6 +63,9 @@ IGNORE_INDEX = -100
 PAD_FILL = {"attention_mask": 0, "labels": IGNORE_INDEX}
 
 CaptionPair = tuple[np.ndarray, str]
+# Where a caption comes from: "image" = the env's image_caption() where it defines one, else obs["text"];
+# "text" = obs["text"] always (Blackjack's then holds hand totals and outcomes its image does not draw).
+CAPTION_SOURCES = ("image", "text")
 
 
 @dataclass
@@ -81,6 +87,7 @@ class AlignmentConfig:
     eval_fraction: float = 0.2  # share of DISTINCT captions held out (never trained on) when no eval pairs are given
     eval_max: int = 128  # at most this many held-out pairs are decoded per evaluation (speed)
     target_accuracy: float | None = 0.98  # stop as soon as held-out exact-caption accuracy reaches this
+    caption: str = "image"  # CAPTION_SOURCES: what the model learns to write for an image
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.eval_max < 1:
@@ -94,6 +101,7 @@ class AlignmentConfig:
             raise ValueError(f"AlignmentConfig: eval_fraction must be in (0, 1), got {self.eval_fraction}")
         if self.warmup_steps < 0 or self.first_phase_steps < 0:
             raise ValueError("AlignmentConfig: warmup_steps and first_phase_steps must be >= 0")
+        check_caption_source(self.caption)
 
     def lr_factor(self, step: int) -> float:
         """Multiplier of the peak learning rates at optimizer step `step` (0-based)."""
@@ -106,11 +114,23 @@ class AlignmentConfig:
 
 
 # ----- data ----------------------------------------------------------------------------------------------------
+def check_caption_source(caption: str) -> None:
+    if caption not in CAPTION_SOURCES:
+        raise ValueError(f"unknown caption source {caption!r}; choose one of {', '.join(CAPTION_SOURCES)}")
+
+
+def caption_of(env, obs: Mapping, caption: str = "image") -> str:
+    """The caption of the observation `env` just returned (see CAPTION_SOURCES)."""
+    describe = getattr(env.unwrapped, "image_caption", None) if caption == "image" else None
+    return describe() if callable(describe) else obs["text"]
+
+
 def caption_pairs(env_ids: Sequence[str], n: int, image_size: int, seed: int,
-                  split: str | None = "id") -> list[CaptionPair]:
+                  split: str | None = "id", caption: str = "image") -> list[CaptionPair]:
     """`n` (image, caption) pairs per env, from rollouts that mix oracle and random commands.
 
-    `split=None` makes the env without a split option (an env that has none).
+    `split=None` makes the env without a split option (an env that has none); `caption` is a CAPTION_SOURCES
+    entry.
     States are balanced: rollouts first collect distinct captions, then pairs are drawn round-robin over them in a
     seeded shuffled order, so a small state space (NumberLine: 36 states) is covered evenly instead of following
     the rollouts' visit frequencies (start states would dominate).
@@ -121,12 +141,13 @@ def caption_pairs(env_ids: Sequence[str], n: int, image_size: int, seed: int,
 
     if n < 1:
         raise ValueError(f"caption_pairs: n must be >= 1, got {n}")
+    check_caption_source(caption)
     rng = np.random.default_rng(seed)
     pairs: list[CaptionPair] = []
     for env_index, env_id in enumerate(env_ids):
         env = gymnasium.make(env_id, image_size=image_size, **({} if split is None else {"split": split}))
         try:
-            by_caption = _distinct_states(env, n, rng, seed * 1000 + env_index)
+            by_caption = _distinct_states(env, n, rng, seed * 1000 + env_index, caption)
         finally:
             env.close()
         captions = list(by_caption)
@@ -137,9 +158,16 @@ def caption_pairs(env_ids: Sequence[str], n: int, image_size: int, seed: int,
     return pairs
 
 
-def _distinct_states(env, n: int, rng: np.random.Generator, seed: int) -> dict[str, list[np.ndarray]]:
+def _distinct_states(env, n: int, rng: np.random.Generator, seed: int,
+                     caption: str) -> dict[str, list[np.ndarray]]:
     """Caption -> images of the states met, stopping once `n` distinct captions or a visit budget is reached."""
     by_caption: dict[str, list[np.ndarray]] = {}
+
+    def keep(obs) -> None:
+        images = by_caption.setdefault(caption_of(env, obs, caption), [])
+        if len(images) < 4:
+            images.append(obs["image"])
+
     visits, episode = 0, 0
     # Small state spaces saturate long before n; the budget bounds the search (about 4 visits per wanted pair).
     while len(by_caption) < n and visits < 4 * n + 200:
@@ -148,9 +176,7 @@ def _distinct_states(env, n: int, rng: np.random.Generator, seed: int) -> dict[s
         oracle_share = rng.uniform()  # a range of rollout styles: pure oracle, pure random, and in between
         done = False
         while not done:
-            by_caption.setdefault(obs["text"], [])
-            if len(by_caption[obs["text"]]) < 4:
-                by_caption[obs["text"]].append(obs["image"])
+            keep(obs)
             visits += 1
             if rng.uniform() < oracle_share:
                 command = env.unwrapped.expert_action()
@@ -158,9 +184,7 @@ def _distinct_states(env, n: int, rng: np.random.Generator, seed: int) -> dict[s
                 command = info["admissible_actions"][rng.integers(len(info["admissible_actions"]))]
             obs, _, terminated, truncated, info = env.step(command)
             done = terminated or truncated
-        by_caption.setdefault(obs["text"], [])
-        if len(by_caption[obs["text"]]) < 4:
-            by_caption[obs["text"]].append(obs["image"])
+        keep(obs)
     return by_caption
 
 

@@ -50,6 +50,7 @@ class TinyModelSpec:
     align: list[str] = field(default_factory=list)  # envs whose observations the model learns to caption
     align_steps: int | None = None  # upper bound of caption pre-training steps; None: each env's own recipe
     align_target: float | None = 0.95  # held-out exact-caption accuracy that ends alignment early (None: 0.98)
+    align_caption: str = "image"  # vision_alignment.CAPTION_SOURCES: "text" is the captions before image_caption
 
 
 @dataclass
@@ -198,9 +199,13 @@ def load_recipe(path: str | Path, quick: bool = False, overrides: list[str] | tu
 
 def _check_specs(path, tiny: TinyModelSpec, sft_data: SFTDataSpec, budget: BudgetSpec,
                  evaluation: EvaluationSpec) -> None:
+    from gflowvlm.model.vision_alignment import CAPTION_SOURCES
+
     checks = [
         (tiny.align_steps is None or tiny.align_steps >= 1, "tiny_model.align_steps must be null or >= 1"),
         (tiny.align_target is None or 0.0 < tiny.align_target <= 1.0, "tiny_model.align_target must be in (0, 1]"),
+        (tiny.align_caption in CAPTION_SOURCES,
+         f"tiny_model.align_caption must be one of {', '.join(CAPTION_SOURCES)}"),
         (sft_data.samples >= 1, "sft_data.samples must be >= 1"),
         (0.0 <= sft_data.done_fraction < 1.0, "sft_data.done_fraction must be in [0, 1)"),
         (budget.env_steps >= 1, "budget.env_steps must be >= 1"),

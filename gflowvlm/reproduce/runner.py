@@ -136,6 +136,7 @@ def build_tiny_model(recipe: Recipe, model_dir: Path, seed: int) -> None:
         argv += ["--align-steps", str(recipe.tiny_model.align_steps)]
     if recipe.tiny_model.align_target is not None:
         argv += ["--align-target", str(recipe.tiny_model.align_target)]
+    argv += ["--align-caption", recipe.tiny_model.align_caption]
     for env_id in recipe.tiny_model.align:
         argv += ["--align", env_id]
     code = make_tiny_model_main(argv)

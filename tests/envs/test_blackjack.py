@@ -361,3 +361,38 @@ def test_make_vec_runs_two_blackjack_tables():
     _, reward, terminated, _, _ = vec.step(("stand", "stand"))
     assert list(terminated) == [True, True] and reward.shape == (2,)
     vec.close()
+
+
+# ----- what the image shows (caption pre-training's target) -----------------------------------------------------
+def test_image_caption_names_the_drawn_cards_and_nothing_else():
+    env = make()
+    env.reset(options={"dealer": [10, 6], "player": [10, 6], "next_cards": [10, 5]})
+    assert env.image_caption() == "dealer shows 10, your cards 10 6"
+    env.step("hit")  # bust: the dealer's card stays hidden, the text adds the total and the outcome
+    assert env.image_caption() == "dealer shows 10, your cards 10 6 10"
+    env.reset(options={"dealer": [1, 6], "player": [10, 8], "next_cards": [5]})
+    env.step("stand")
+    assert env.image_caption() == "dealer cards A 6, your cards 10 8"
+
+
+def test_image_caption_is_a_function_of_the_image_where_the_text_is_not():
+    """Over random play (illegal replies included, so hands also run out of steps), equal images always have equal
+    image captions and different images different ones; the state text gives some image two captions."""
+    env = make(image_size=64)
+    rng = np.random.default_rng(0)
+    by_image: dict[bytes, set[str]] = {}
+    texts_by_image: dict[bytes, set[str]] = {}
+    for episode in range(300):
+        obs, _ = env.reset(seed=episode)
+        done = False
+        while True:
+            key = obs["image"].tobytes()
+            by_image.setdefault(key, set()).add(env.image_caption())
+            texts_by_image.setdefault(key, set()).add(obs["text"])
+            if done:
+                break
+            obs, _, terminated, truncated, _ = env.step(str(rng.choice(["hit", "stand", "fold", "hit me"])))
+            done = terminated or truncated
+    assert all(len(captions) == 1 for captions in by_image.values())
+    assert len({next(iter(captions)) for captions in by_image.values()}) == len(by_image)
+    assert any(len(texts) > 1 for texts in texts_by_image.values())

@@ -199,6 +199,7 @@ def test_align_writes_per_env_held_out_accuracy(tmp_path):
     # Both splits were drawn (ood has numbers up to 50), and a fifth of the distinct states is held out.
     assert entry["train_pairs"] + entry["eval_pairs"] >= 60 and entry["eval_pairs"] >= 5
     assert entry["history"] == [[3, entry["accuracy"]]]
+    assert summary["config"]["caption"] == "image"  # the default: what the image shows (env.image_caption)
     model = AutoModelForImageTextToText.from_pretrained(out)  # the aligned model is an ordinary HF directory
     assert model.config.vision_config.image_size == 64
 

@@ -13,7 +13,7 @@ import torch
 import envs  # noqa: F401  (registers the environments)
 from gflowvlm.model.corpus import build_corpus
 from gflowvlm.model.tiny_vlm import build_tiny_vlm
-from gflowvlm.model.vision_alignment import (IGNORE_INDEX, AlignmentConfig, align_vision, caption_accuracy,
+from gflowvlm.model.vision_alignment import (IGNORE_INDEX, AlignmentConfig, align_vision, caption_accuracy, caption_of,
                                              caption_loss, caption_pairs, collate, encode_example,
                                              split_by_caption, split_parameters)
 
@@ -235,3 +235,23 @@ def test_recipe_teaches_the_tiny_model_to_read_number_line():
     # Measured on states (target, current) that training never saw, re-decoded here from scratch.
     assert caption_accuracy(model, processor, held_out) >= 0.95
     assert result["steps"] <= AlignmentConfig().steps
+
+
+def test_caption_source_is_the_image_caption_where_the_env_has_one():
+    env = gymnasium.make("gflowvlm/Blackjack-v0", image_size=64)
+    obs, _ = env.reset(options={"dealer": [10, 6], "player": [9, 7], "next_cards": [5]})
+    assert obs["text"] == "dealer shows 10, your cards 9 7 (total 16)"
+    assert caption_of(env, obs) == "dealer shows 10, your cards 9 7"
+    assert caption_of(env, obs, "text") == obs["text"]
+
+    class UserEnv:  # a user's env without image_caption(): its observation text is the caption
+        unwrapped = object()
+
+    assert caption_of(UserEnv(), {"text": "a user's state"}) == "a user's state"
+    image_pairs = caption_pairs(["gflowvlm/Blackjack-v0"], 50, 64, seed=0)
+    text_pairs = caption_pairs(["gflowvlm/Blackjack-v0"], 50, 64, seed=0, caption="text")
+    assert not any("total" in c for _, c in image_pairs) and all("total" in c for _, c in text_pairs)
+    with pytest.raises(ValueError, match="unknown caption source"):
+        caption_pairs([NUMBER_LINE], 5, 64, seed=0, caption="ocr")
+    with pytest.raises(ValueError, match="unknown caption source"):
+        AlignmentConfig(caption="ocr")

@@ -62,6 +62,7 @@ def test_recipe_mistakes_are_one_line_config_errors(tmp_path):
         "bad split horizon": (f"base: {base}\nevaluation: {{splits: [id], max_steps: {{ood: 5}}}}\n", "max_steps"),
         "optional unknown": (f"base: {base}\noptional_methods: [grpo, nope]\n", "optional_methods must list"),
         "optional sft": (f"base: {base}\noptional_methods: [sft]\n", "optional_methods must list"),
+        "bad caption": (f"base: {base}\ntiny_model: {{align_caption: ocr}}\n", "align_caption must be one of"),
     }
     for name, (text, message) in cases.items():
         with pytest.raises(ConfigError, match=message) as error:
@@ -280,7 +281,12 @@ def test_the_recipe_alignment_target_reaches_make_tiny_model(tmp_path, monkeypat
         runner.build_tiny_model(recipe, tmp_path / "m", 3)
     argv = seen[0]
     assert argv[argv.index("--align-target") + 1] == "0.95" and argv[argv.index("--align-steps") + 1] == "1000"
-    assert argv[argv.index("--seed") + 1] == "3"
+    assert argv[argv.index("--seed") + 1] == "3" and argv[argv.index("--align-caption") + 1] == "image"
+    text = load_recipe(ROOT / "configs" / "reproduce" / "blackjack.yaml", overrides=["tiny_model.align_caption=text"])
+    seen.clear()
+    with pytest.raises(UserError):
+        runner.build_tiny_model(text, tmp_path / "m", 3)
+    assert seen[0][seen[0].index("--align-caption") + 1] == "text"
 
 
 def test_training_curves_plot_success_and_parse_rate_and_skip_missing_values(tmp_path):

@@ -38,7 +38,7 @@ from envs.alfworld.engine import EngineGame, EngineState
 from envs.alfworld.expert import thoughts
 from envs.alfworld.goal_conditions import Targets, condition_flags
 from envs.alfworld.planner import Problem, shared_planner
-from envs.alfworld.render import ReceptacleView, SceneView, draw_scene, natural_key
+from envs.alfworld.render import ReceptacleView, SceneView, draw_scene, natural_key, scene_caption
 from envs.alfworld.vocabulary import TASK_TYPES
 from envs.base import MAX_TEXT, TEXT_CHARSET, VLMEnv, normalize_command
 
@@ -230,6 +230,9 @@ class ALFWorldEnv(VLMEnv):
 
     def draw(self):
         return draw_scene(self.scene_view(), self.image_size)
+
+    def image_caption(self) -> str:
+        return scene_caption(self.scene_view(), self.image_size)
 
     def close(self):
         self.engine.close()

@@ -178,30 +178,58 @@ def _max_status_lines(size: int, margin: int, text_size: int) -> int:
 def draw_scene(view: SceneView, size: int) -> np.ndarray:
     """The scene as a uint8 (size, size, 3) image."""
     image, draw = canvas(size, (248, 248, 244))
-    margin = max(2, size // 60)
+    margin = _margin(size)
     header_h = int(size * 0.11)
     draw.rectangle([0, 0, size, header_h], fill=(40, 60, 90))
     task_font = fit_font(draw, view.task, size - 2 * margin, header_h * 0.6)
     draw.text((size / 2, header_h / 2), view.task, font=task_font, fill=(255, 255, 255), anchor="mm")
 
-    # The status text gets the room it needs, shrinking the font to keep within 40% of the image; at the smallest
-    # font its lists are cut to what fits. (Without the cut, a long "Sees" list at the smallest font was taller
-    # than a small image, which left the board a negative height: math.sqrt raised in _draw_board.)
-    text_size = max(7, size // 22)
-    width = size - 2 * margin
-    lines = _status_lines(draw, view, width, text_size)
-    while _status_height(len(lines), text_size, margin) > size * STATUS_SHARE and text_size > MIN_TEXT_SIZE:
-        text_size -= 1
-        lines = _status_lines(draw, view, width, text_size)
-    if _status_height(len(lines), text_size, margin) > size * STATUS_SHARE:
-        lines = _status_lines(draw, view, width, text_size, _max_status_lines(size, margin, text_size))
+    lines, text_size = status_layout(view, size)
     status_h = _status_height(len(lines), text_size, margin)
     top = size - status_h
     _draw_board(image, view, margin, header_h + margin, size - 2 * margin, top - header_h - 2 * margin)
     draw.rectangle([0, top, size, size], fill=(255, 255, 255), outline=(120, 120, 120))
-    for k, line in enumerate(lines):
-        y = top + margin // 2 + k * text_size * LINE_SPACING
-        if y + text_size > size:
-            break
-        draw.text((margin, y), line, font=font(text_size), fill=INK)
+    for k, line in enumerate(_drawn_lines(lines, top, margin, size, text_size)):
+        draw.text((margin, top + margin // 2 + k * text_size * LINE_SPACING), line, font=font(text_size), fill=INK)
     return to_array(image)
+
+
+def _margin(size: int) -> int:
+    return max(2, size // 60)
+
+
+def status_layout(view: SceneView, size: int) -> tuple[list[str], int]:
+    """(the status lines, their font size) as a `size` image draws them.
+
+    The status text gets the room it needs, shrinking the font to keep within 40% of the image; at the smallest
+    font its lists are cut to what fits. (Without the cut, a long "Sees" list at the smallest font was taller
+    than a small image, which left the board a negative height: math.sqrt raised in _draw_board.)"""
+    margin, width = _margin(size), size - 2 * _margin(size)
+    text_size = max(7, size // 22)
+    lines = _status_lines(_MEASURE, view, width, text_size)
+    while _status_height(len(lines), text_size, margin) > size * STATUS_SHARE and text_size > MIN_TEXT_SIZE:
+        text_size -= 1
+        lines = _status_lines(_MEASURE, view, width, text_size)
+    if _status_height(len(lines), text_size, margin) > size * STATUS_SHARE:
+        lines = _status_lines(_MEASURE, view, width, text_size, _max_status_lines(size, margin, text_size))
+    return lines, text_size
+
+
+def _drawn_lines(lines: list[str], top: int, margin: int, size: int, text_size: int) -> list[str]:
+    """The lines whose glyphs fit inside the image (a last line that would spill over the bottom is left out)."""
+    shown = 0
+    while shown < len(lines) and top + margin // 2 + shown * text_size * LINE_SPACING + text_size <= size:
+        shown += 1
+    return lines[:shown]
+
+
+def scene_caption(view: SceneView, size: int) -> str:
+    """The status text a `size` image shows, in one line: where the agent is, what it sees, what it holds.
+
+    Caption pre-training's target (`VLMEnv.image_caption`): the engine's text observation says more than the
+    drawing (the arrival sentence, every object however long the list) and the board's tiles are a layout, not
+    a sentence, so the caption is the drawn status lines, as wrapped and cut for this size."""
+    lines, text_size = status_layout(view, size)
+    margin = _margin(size)
+    return " ".join(_drawn_lines(lines, size - _status_height(len(lines), text_size, margin), margin, size,
+                                 text_size))

@@ -16,7 +16,7 @@ from envs.alfworld.expert import thoughts
 from envs.alfworld.generator import GenerationRequest, generate, problem_text, sample_spec
 from envs.alfworld.goal_conditions import Targets, condition_flags, progress
 from envs.alfworld.planner import parse_problem, relevant_part
-from envs.alfworld.render import ReceptacleView, SceneView, draw_scene
+from envs.alfworld.render import ReceptacleView, SceneView, draw_scene, scene_caption, status_layout
 
 pytestmark = pytest.mark.alfworld
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))  # the checkout's root
@@ -136,6 +136,24 @@ def test_drawing_shows_position_and_is_deterministic():
     assert _red_pixels(image) > 50   # the agent's receptacle is outlined
     assert _red_pixels(draw_scene(SceneView(view.task, receptacles, None, None, []), 300)) == 0
     assert draw_scene(view, 96).shape == (96, 96, 3)
+
+
+def test_the_image_caption_is_the_status_text_the_image_draws():
+    receptacles = [ReceptacleView(f"cabinet {i}", True, i == 2) for i in range(1, 7)]
+    view = SceneView("put a clean mug in countertop", receptacles, "cabinet 2", ["mug 1"], ["apple 1 (hot)"])
+    assert scene_caption(view, 300) == "At: cabinet 2 Sees: mug 1 Holds: apple 1 (hot)"
+    middle = SceneView(view.task, receptacles, None, None, [])
+    assert scene_caption(middle, 128) == "At: the middle of the room Sees: the receptacles above Holds: nothing"
+    closed = SceneView(view.task, receptacles, "cabinet 1", None, [])
+    assert scene_caption(closed, 128) == "At: cabinet 1 Sees: the cabinet 1 is closed Holds: nothing"
+    # A long list is cut the way the drawing cuts it, so the caption never names an object the image leaves out.
+    crowded = SceneView(view.task, receptacles, "cabinet 2", [f"mug {i}" for i in range(1, 41)], [])
+    caption = scene_caption(crowded, 128)
+    lines, _ = status_layout(crowded, 128)
+    assert caption == " ".join(lines) and caption.startswith("At: cabinet 2 Sees: mug 1, mug 2")
+    assert "more" in caption and "mug 40" not in caption and caption.endswith("Holds: nothing")
+    # At 64 px the last status line does not fit in the image, and the caption leaves it out too.
+    assert scene_caption(middle, 64) == "At: the middle of the room Sees: the receptacles"
 
 
 def test_text_is_kept_within_the_observation_charset():

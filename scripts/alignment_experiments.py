@@ -88,6 +88,7 @@ def run_one(name: str, env_id: str, seed: int, steps: int | None, pairs_per_spli
             len(held_out)), "final_eval_seconds": round(time.perf_counter() - started, 1),
             "train_pairs": len(train), "held_out_pairs": len(held_out),
             "curve": [[int(s), round(a, 3), round(loss, 4)] for s, a, loss in result["history"]],
+            "confirmations": [[int(s), round(accuracies[env_id], 3)] for s, accuracies in result["confirmations"]],
             "config": asdict(config), "mix": mix, "load_average": os.getloadavg()}
 
 

@@ -125,10 +125,14 @@ def align_on_envs(model, processor, env_ids: Sequence[str], image_size: int, con
     train = {env_id: train_pairs for env_id, (train_pairs, _) in sets.items()}  # drawn in equal shares per env
     result = align_vision(model, processor, train, config, progress=progress,
                           eval_pairs={env_id: held_out for env_id, (_, held_out) in sets.items()})
+    last_confirmation = result["confirmations"][-1][1] if result["confirmations"] else {}
     per_env = {env_id: {"accuracy": result["per_env"][env_id], "train_pairs": len(sets[env_id][0]),
                         "eval_pairs": min(len(sets[env_id][1]), config.eval_max),
+                        "confirmed_accuracy": last_confirmation.get(env_id),
+                        "confirm_pairs": min(len(sets[env_id][1]), config.confirm_max),
                         "history": result["per_env_history"][env_id]} for env_id in sets}
     return {"envs": list(sets), "accuracy": result["accuracy"], "per_env": per_env,
+            "confirmations": result["confirmations"],
             "reached_target": result["reached_target"], "target_accuracy": config.target_accuracy,
             "steps": result["steps"], "seconds": round(result["seconds"], 1), "seed": config.seed,
             "image_size": image_size, "config": asdict(config),

@@ -86,12 +86,19 @@ class AlignmentConfig:
     eval_every: int = 50  # steps between held-out caption evaluations (one costs ~10 training steps)
     eval_fraction: float = 0.2  # share of DISTINCT captions held out (never trained on) when no eval pairs are given
     eval_max: int = 128  # at most this many held-out pairs are decoded per evaluation (speed)
+    # Before stopping early, this many held-out pairs per set (the evaluation's among them) must reach the target
+    # too; 0 or <= eval_max: no confirmation. Why: held-out accuracy moves several points between evaluations while
+    # the learning rate is high, so the first evaluation of 128 pairs that reaches 95% is partly luck (Blackjack,
+    # seed 0: 0.969 on those 128 at step 1,050, 0.865 on 512 other held-out pairs of the same model).
+    confirm_max: int = 512
     target_accuracy: float | None = 0.98  # stop as soon as held-out exact-caption accuracy reaches this
     caption: str = "image"  # CAPTION_SOURCES: what the model learns to write for an image
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.eval_max < 1:
             raise ValueError("AlignmentConfig: steps, batch_size, eval_every and eval_max must be >= 1")
+        if self.confirm_max < 0:
+            raise ValueError(f"AlignmentConfig: confirm_max must be >= 0, got {self.confirm_max}")
         if self.lr <= 0 or self.vision_lr_scale <= 0:
             raise ValueError(f"AlignmentConfig: lr and vision_lr_scale must be > 0, "
                              f"got {self.lr} and {self.vision_lr_scale}")
@@ -350,7 +357,9 @@ def align_vision(model, processor, pairs: Sequence[CaptionPair] | Mapping[str, S
     Without `eval_pairs`, `config.eval_fraction` of the distinct captions is held out of training. Returns
     `accuracy` (the lowest held-out exact-caption accuracy of the sets, at the end), `per_env` (name ->
     accuracy; one set is named "all"), `steps`, `seconds`, `history` ([step, accuracy, loss] per evaluation),
-    `per_env_history` (name -> [[step, accuracy], ...]), `train_pairs`, `eval_pairs`, `reached_target`.
+    `per_env_history` (name -> [[step, accuracy], ...]), `train_pairs`, `eval_pairs`, `reached_target`, and
+    `confirmations` ([[step, {name: accuracy}], ...]: each time the evaluation reached the target, the accuracy on
+    up to `config.confirm_max` held-out pairs per set; early stopping needs those to reach it as well).
     """
     config = config or AlignmentConfig()
     groups = [list(group) for group in pairs.values()] if isinstance(pairs, Mapping) else [list(pairs)]
@@ -366,9 +375,13 @@ def align_vision(model, processor, pairs: Sequence[CaptionPair] | Mapping[str, S
         groups = [train]
     if not train or not all(groups) or not eval_sets or not all(eval_sets.values()):
         raise ValueError("align_vision: need both training and held-out pairs")
-    # The same seeded subset at every evaluation, so the curve compares like with like.
-    eval_sets = {name: [group[i] for i in np.random.default_rng(config.seed).permutation(len(group))[:config.eval_max]]
-                 for name, group in eval_sets.items()}
+    # The same seeded subset at every evaluation, so the curve compares like with like; the confirmation set
+    # extends it along the same permutation.
+    orders = {name: np.random.default_rng(config.seed).permutation(len(group)) for name, group in eval_sets.items()}
+    confirm_sets = {name: [group[i] for i in orders[name][:config.confirm_max]] for name, group in eval_sets.items()}
+    eval_sets = {name: [group[i] for i in orders[name][:config.eval_max]] for name, group in eval_sets.items()}
+    if config.confirm_max <= config.eval_max or all(len(confirm_sets[n]) <= len(eval_sets[n]) for n in eval_sets):
+        confirm_sets = {}  # nothing more to read than the evaluation already did
     pad_id = _pad_id(processor)
 
     sampler = torch.Generator().manual_seed(config.seed)
@@ -381,6 +394,8 @@ def align_vision(model, processor, pairs: Sequence[CaptionPair] | Mapping[str, S
     history: list[list[float]] = []
     per_env_history: dict[str, list[list[float]]] = {name: [] for name in eval_sets}
     per_env = {name: 0.0 for name in eval_sets}
+    confirmations: list[list] = []
+    reached = False
     step, loss_sum, loss_count = 0, 0.0, 0
     started = time.perf_counter()
     was_training = model.training
@@ -418,7 +433,9 @@ def align_vision(model, processor, pairs: Sequence[CaptionPair] | Mapping[str, S
                 bar.set_postfix(loss=f"{loss_sum / loss_count:.3f}", acc=f"{min(per_env.values()):.2f}")
                 loss_sum, loss_count = 0.0, 0
                 if all(_reached(config, accuracy) for accuracy in per_env.values()):
-                    break
+                    reached = _confirmed(model, processor, config, confirm_sets, step, confirmations)
+                    if reached:
+                        break
     finally:
         bar.close()
         for p in vision + decoder:
@@ -427,7 +444,18 @@ def align_vision(model, processor, pairs: Sequence[CaptionPair] | Mapping[str, S
     accuracy = min(per_env.values())
     return {"accuracy": accuracy, "per_env": per_env, "steps": step, "seconds": time.perf_counter() - started,
             "history": history, "per_env_history": per_env_history, "train_pairs": len(train),
-            "eval_pairs": sum(len(group) for group in eval_sets.values()), "reached_target": _reached(config, accuracy)}
+            "eval_pairs": sum(len(group) for group in eval_sets.values()), "confirmations": confirmations,
+            "reached_target": reached}
+
+
+def _confirmed(model, processor, config: AlignmentConfig, confirm_sets: Mapping[str, Sequence[CaptionPair]],
+               step: int, confirmations: list[list]) -> bool:
+    """Whether every confirmation set reaches the target too (True without confirmation sets); logs the reading."""
+    if not confirm_sets:
+        return True
+    accuracies = {name: caption_accuracy(model, processor, group) for name, group in confirm_sets.items()}
+    confirmations.append([step, accuracies])
+    return all(_reached(config, accuracy) for accuracy in accuracies.values())
 
 
 def _draw(groups: list[list[CaptionPair]], n: int, sampler: torch.Generator) -> list[CaptionPair]:

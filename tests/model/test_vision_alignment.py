@@ -216,6 +216,50 @@ def test_early_stop_waits_for_every_env(tiny, number_line_pairs, monkeypatch):
     assert [row[1] for row in result["history"]] == [0.0, 0.5, 0.97]  # the overall figure is the lowest env's
 
 
+def test_early_stop_needs_a_larger_held_out_sample_to_confirm(tiny, number_line_pairs, monkeypatch):
+    # Scripted: the 2-pair evaluation always reads 100%; the 6-pair confirmation reads 50% the first time it is
+    # asked, then 100%. Training must go on past the first lucky evaluation and stop at the next one.
+    import gflowvlm.model.vision_alignment as alignment
+
+    train, held_out = split_by_caption(number_line_pairs, 0.2, seed=0)
+    confirm_curve = iter([0.5, 1.0])
+    monkeypatch.setattr(alignment, "caption_accuracy",
+                        lambda model, processor, group: 1.0 if len(group) == 2 else next(confirm_curve))
+    config = AlignmentConfig(steps=40, warmup_steps=1, batch_size=2, eval_every=3, eval_max=2, confirm_max=6,
+                             target_accuracy=0.95)
+    result = align_vision(copy.deepcopy(tiny[0]), tiny[1], train, config, progress=False,
+                          eval_pairs={"all": held_out})
+    assert result["steps"] == 6 and result["reached_target"]
+    assert result["confirmations"] == [[3, {"all": 0.5}], [6, {"all": 1.0}]]
+    # Never confirmed: the budget ends and the run says it missed, whatever the small evaluation read.
+    monkeypatch.setattr(alignment, "caption_accuracy", lambda model, processor, group: 1.0 if len(group) == 2 else 0.5)
+    missed = align_vision(copy.deepcopy(tiny[0]), tiny[1], train, replace(config, steps=7), progress=False,
+                          eval_pairs={"all": held_out})
+    assert missed["steps"] == 7 and not missed["reached_target"] and len(missed["confirmations"]) == 3
+
+
+def test_a_confirmation_reads_without_changing_the_training(tiny, number_line_pairs, monkeypatch):
+    """A confirmation only decodes: a run whose confirmations (really decoded) all fail trains on to the same
+    weights as a run that never confirms."""
+    import gflowvlm.model.vision_alignment as alignment
+
+    real = alignment.caption_accuracy
+    train, held_out = split_by_caption(number_line_pairs, 0.2, seed=0)
+    config = AlignmentConfig(steps=6, warmup_steps=1, batch_size=2, eval_every=2, eval_max=2, target_accuracy=0.95)
+    weights = []
+    for confirm_max in (0, 6):
+        # The evaluation "passes" and the confirmation "fails", after each has decoded its pairs for real.
+        monkeypatch.setattr(alignment, "caption_accuracy", lambda model, processor, group: (
+            real(model, processor, group), 1.0 if confirm_max == 0 or len(group) == 2 else 0.0)[1])
+        model = copy.deepcopy(tiny[0])
+        result = align_vision(model, tiny[1], train, replace(config, confirm_max=confirm_max,
+                                                             target_accuracy=None if confirm_max == 0 else 0.95),
+                              progress=False, eval_pairs=held_out)
+        assert result["steps"] == 6 and len(result["confirmations"]) == (0 if confirm_max == 0 else 3)
+        weights.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights))
+
+
 def test_envs_are_drawn_in_equal_shares_whatever_their_pool_sizes():
     from gflowvlm.model.vision_alignment import _draw
 

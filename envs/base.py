@@ -1,7 +1,8 @@
 """The environment contract shared by every gflowvlm game.
 
 A game subclasses `VLMEnv` and fills in a few hooks (state as text, admissible commands, how an admissible
-command changes the state, its rewards, how to draw it, its oracle). `VLMEnv` owns what must be identical
+command changes the state, its rewards, how to draw it, its oracle; optionally what the drawing shows in words,
+`image_caption`, where the state text says more). `VLMEnv` owns what must be identical
 across games so that the trainer never special-cases one:
 
 - observations are `{"image": uint8 HxWx3, "text": str}`; actions are command strings;

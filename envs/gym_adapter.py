@@ -7,8 +7,9 @@
 What the wrapped env becomes (the contract of envs/base.py):
 - image: the wrapped env's `render()` in rgb_array mode, padded with black to a square (the aspect ratio is kept,
   as LLaVA pads) and resized to `image_size` (box filter when shrinking, nearest pixel when enlarging);
-- text (the caption, and the history lines of the prompt): `state_text(env, observation)`, where `env` is the
-  wrapped env's `unwrapped` and `observation` its latest observation; by default the observation itself when it
+- text (the history lines of the prompt, and the caption alignment learns: `VLMEnv.image_caption`):
+  `state_text(env, observation)`, where `env` is the wrapped env's `unwrapped` and `observation` its latest
+  observation; by default the observation itself when it
   is small (an int, or at most 16 numbers), else nothing but the step number. Characters outside printable ASCII
   become "?";
 - actions: `action_names[i]` sends the Discrete action `start + i`; all of them are admissible in every state. Any

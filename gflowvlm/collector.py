@@ -176,7 +176,7 @@ def play_expert(env, builder: PromptBuilder, seed: int, group: int, env_id: str,
 
 
 def state_prompt(builder: PromptBuilder, observation: dict, info: dict, history: list[HistoryStep]) -> Prompt:
-    """The prompt at a state: its task, the history so far, the admissible actions, its image and caption."""
+    """The prompt at a state: its task, the history so far, the admissible actions, its image and state text."""
     return builder.build(info["task"], history, info["admissible_actions"], observation["image"],
                          state_text=observation["text"])
 

@@ -55,20 +55,25 @@ RECIPES: dict[str, dict] = {
     "warm_noclip": dict(lr=3e-4, vision_lr_scale=1.0, warmup_steps=100, schedule="cosine", grad_clip=None),
     # The recipe the project uses: AlignmentConfig's defaults, the env's image size, pairs and step budget.
     "recipe": dict(),
-    # The recipe with the observation text as the caption: what every run used before envs had image_caption()
-    # (only Blackjack's differs: its text adds hand totals and outcomes the image does not draw).
-    "text_caption": dict(caption="text"),
+    # The recipe as every run before commit 9c43be7 had it: the observation text as the caption (only Blackjack's
+    # and ALFWorld's differ from their image_caption()) and an early stop at the first evaluation that reaches the
+    # target, with no confirmation.
+    "text_unconfirmed": dict(caption="text", confirm_max=0),
 }
+
+
+def run_config(name: str, env_id: str, seed: int, steps: int | None, target: float) -> AlignmentConfig:
+    settings = {key: value for key, value in RECIPES[name].items() if key != "mix"}
+    return replace(AlignmentConfig(), steps=steps or recipe(env_id).steps, seed=seed, target_accuracy=target,
+                   **settings)
 
 
 def run_one(name: str, env_id: str, seed: int, steps: int | None, pairs_per_split: int | None,
             target: float, image_size: int | None, final_eval: int) -> dict:
-    settings = dict(RECIPES[name])
-    mix = settings.pop("mix", False)
+    mix = RECIPES[name].get("mix", False)
     env_recipe = recipe(env_id)
     image_size = image_size or env_recipe.image_size
-    config = replace(AlignmentConfig(), steps=steps or env_recipe.steps, seed=seed, target_accuracy=target,
-                     **settings)
+    config = run_config(name, env_id, seed, steps, target)
     model, processor = build_tiny_vlm("llava", image_size=image_size, seed=seed, vision_tower=env_recipe.vision_tower)
     sets = env_caption_sets([env_id], image_size, seed, config.eval_fraction, pairs_per_split, config.caption)
     train, held_out = sets[env_id]
@@ -92,12 +97,20 @@ def run_one(name: str, env_id: str, seed: int, steps: int | None, pairs_per_spli
             "config": asdict(config), "mix": mix, "load_average": os.getloadavg()}
 
 
+def _rule(row: dict) -> str:
+    """The caption source and the early-stop confirmation a run used (files from before either existed: text, none)."""
+    config = row.get("config", {})
+    confirm = config.get("confirm_max", 0)
+    return f"{config.get('caption', 'text')}, {confirm if confirm else 'none'}"
+
+
 def summarise(rows: list[dict]) -> None:
-    print("\n| recipe | env | image | seeds reaching target | held-out accuracy per seed | final (larger set) "
-          "| steps per seed | seconds per seed | median steps | worst |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for key in dict.fromkeys((row["recipe"], row["env"]) for row in rows):
-        mine = sorted((row for row in rows if (row["recipe"], row["env"]) == key), key=lambda row: row["seed"])
+    print("\n| recipe | env | caption, confirmation | image | seeds reaching target | held-out accuracy per seed "
+          "| final (larger set) | steps per seed | seconds per seed | median steps | worst |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for key in dict.fromkeys((row["recipe"], row["env"], _rule(row)) for row in rows):
+        mine = sorted((row for row in rows if (row["recipe"], row["env"], _rule(row)) == key),
+                      key=lambda row: row["seed"])
         steps = [row["steps"] if row["reached"] else None for row in mine]
         reached = [s for s in steps if s is not None]
         worst = "never" if len(reached) < len(steps) else max(reached)
@@ -106,7 +119,7 @@ def summarise(rows: list[dict]) -> None:
         accuracies = " ".join(f"{row['accuracy']:.3f}" for row in mine)
         seconds = " ".join(f"{row['seconds']:.0f}" for row in mine)
         seeds = ",".join(str(row["seed"]) for row in mine)
-        print(f"| {key[0]} | {key[1].split('/')[-1]} | {mine[0]['image_size']} | {len(reached)}/{len(mine)} "
+        print(f"| {key[0]} | {key[1].split('/')[-1]} | {key[2]} | {mine[0]['image_size']} | {len(reached)}/{len(mine)} "
               f"(seeds {seeds}) | {accuracies} | {finals} | {' '.join(str(s or 'x') for s in steps)} | {seconds} | "
               f"{median} | {worst} |")
     print(f"\nload average (1, 5, 15 min): {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
@@ -141,8 +154,12 @@ def main(argv: list[str] | None = None) -> int:
             for env_id in args.envs:
                 path = results / f"{name}_{env_id.replace('/', '_')}_seed{seed}.json" if results else None
                 if path is not None and path.exists():
-                    rows.append(json.loads(path.read_text()))
-                    continue
+                    row = json.loads(path.read_text())
+                    # A file written under other settings (an older rule) is run again, not passed off as current.
+                    if row.get("config") == asdict(run_config(name, env_id, seed, args.steps, args.target)):
+                        rows.append(row)
+                        continue
+                    print(f"{path.name}: written under other settings than today's {name!r}; running it again")
                 row = run_one(name, env_id, seed, args.steps, args.pairs_per_split, args.target, args.image_size,
                               args.final_eval)
                 rows.append(row)

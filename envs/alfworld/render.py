@@ -204,7 +204,8 @@ def status_layout(view: SceneView, size: int) -> tuple[list[str], int]:
     The status text gets the room it needs, shrinking the font to keep within 40% of the image; at the smallest
     font its lists are cut to what fits. (Without the cut, a long "Sees" list at the smallest font was taller
     than a small image, which left the board a negative height: math.sqrt raised in _draw_board.)"""
-    margin, width = _margin(size), size - 2 * _margin(size)
+    margin = _margin(size)
+    width = size - 2 * margin
     text_size = max(7, size // 22)
     lines = _status_lines(_MEASURE, view, width, text_size)
     while _status_height(len(lines), text_size, margin) > size * STATUS_SHARE and text_size > MIN_TEXT_SIZE:
@@ -228,7 +229,8 @@ def scene_caption(view: SceneView, size: int) -> str:
 
     Caption pre-training's target (`VLMEnv.image_caption`): the engine's text observation says more than the
     drawing (the arrival sentence, every object however long the list) and the board's tiles are a layout, not
-    a sentence, so the caption is the drawn status lines, as wrapped and cut for this size."""
+    a sentence, so the caption is the drawn status lines, as wrapped and cut for this size. The task header is
+    left out: it stays the same through an episode and every prompt states it in words."""
     lines, text_size = status_layout(view, size)
     margin = _margin(size)
     return " ".join(_drawn_lines(lines, size - _status_height(len(lines), text_size, margin), margin, size,

@@ -4,8 +4,9 @@
 tiny VLM, draw (image, caption) pairs from every named env (the env's `image_caption()`, else `obs["text"]`;
 both splits where the env has them, so OOD numbers are read too), hold out a share of each env's distinct
 states, train with `vision_alignment.align_vision` until EVERY env's held-out exact-caption accuracy reaches the
-target, save the model and write `alignment.json` beside it. Any registered gymnasium env that follows the
-contract works, a user's included (`module:EnvId-v0` imports the module that registers it, as `gymnasium.make` does).
+target (and other held-out pairs confirm it), save the model and write `alignment.json` beside it. Any
+registered gymnasium env that follows the contract works, a user's included (`module:EnvId-v0` imports the
+module that registers it, as `gymnasium.make` does).
 
 The measurements behind `ENV_RECIPES` are in `gflowvlm.model.vision_alignment`'s docstring.
 """
@@ -125,11 +126,13 @@ def align_on_envs(model, processor, env_ids: Sequence[str], image_size: int, con
     train = {env_id: train_pairs for env_id, (train_pairs, _) in sets.items()}  # drawn in equal shares per env
     result = align_vision(model, processor, train, config, progress=progress,
                           eval_pairs={env_id: held_out for env_id, (_, held_out) in sets.items()})
-    last_confirmation = result["confirmations"][-1][1] if result["confirmations"] else {}
+    # A confirmation describes the final model only if it was read at the last step (the one that stopped the run).
+    final = result["confirmations"][-1] if result["confirmations"] else None
+    confirmed = final[1] if final is not None and final[0] == result["steps"] else {}
     per_env = {env_id: {"accuracy": result["per_env"][env_id], "train_pairs": len(sets[env_id][0]),
-                        "eval_pairs": min(len(sets[env_id][1]), config.eval_max),
-                        "confirmed_accuracy": last_confirmation.get(env_id),
-                        "confirm_pairs": min(len(sets[env_id][1]), config.confirm_max),
+                        "eval_pairs": result["eval_sizes"][env_id],
+                        "confirmed_accuracy": confirmed.get(env_id),
+                        "confirm_pairs": result["confirm_sizes"][env_id],
                         "history": result["per_env_history"][env_id]} for env_id in sets}
     return {"envs": list(sets), "accuracy": result["accuracy"], "per_env": per_env,
             "confirmations": result["confirmations"],
@@ -143,11 +146,12 @@ def make_seeing_model(out: str | Path, env_ids: Sequence[str], family: str = "ll
                       seed: int = 0, steps: int | None = None, target_accuracy: float | None = None,
                       corpus=None, vocab_size: int = 1024, progress: bool = True,
                       config: AlignmentConfig | None = None, pairs_per_split: int | None = None,
-                      vision_tower: str | None = None, caption: str | None = None) -> dict:
+                      vision_tower: str | None = None, caption: str | None = None,
+                      confirm_max: int | None = None) -> dict:
     """Build the tiny VLM, caption pre-train it on `env_ids`, save it to `out` with `alignment.json` (last).
 
     Image size, vision tower, step budget and pairs default to the envs' recipes (ENV_RECIPES); `caption`
-    (vision_alignment.CAPTION_SOURCES) overrides the config's."""
+    (vision_alignment.CAPTION_SOURCES) and `confirm_max` (0: no confirmation) override the config's."""
     from gflowvlm.model.tiny_vlm import ONE_TOWER_FAMILIES, build_tiny_vlm, save_tiny_vlm
 
     check_env_ids(env_ids)
@@ -158,6 +162,8 @@ def make_seeing_model(out: str | Path, env_ids: Sequence[str], family: str = "ll
         config = replace(config, target_accuracy=target_accuracy)
     if caption is not None:
         config = replace(config, caption=caption)
+    if confirm_max is not None:
+        config = replace(config, confirm_max=confirm_max)
     model, processor = build_tiny_vlm(family, image_size, seed, vocab_size, corpus, vision_tower)
     summary = align_on_envs(model, processor, env_ids, image_size, config, progress, pairs_per_split)
     summary.update(family=family, vision_tower=vision_tower, parameters=sum(p.numel() for p in model.parameters()),

@@ -319,6 +319,9 @@ def make_tiny_model_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--align-caption", default="image", choices=CAPTION_SOURCES,
                         help="what the model learns to write for an image: image = what it shows (the env's "
                              "image_caption), text = the observation text (Blackjack's adds totals and outcomes)")
+    parser.add_argument("--align-confirm", type=int, default=None, metavar="N",
+                        help="held-out pairs beyond the 128 evaluated that must confirm the target before an early "
+                             "stop (default 512; 0: stop at the first evaluation that reaches it, as before)")
     parser.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
     try:
         args = parser.parse_args(argv)
@@ -334,6 +337,8 @@ def make_tiny_model_main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--align-steps must be positive, got {args.align_steps}")
         if args.align_pairs is not None and args.align_pairs < 2:
             raise ValueError(f"--align-pairs must be at least 2, got {args.align_pairs}")
+        if args.align_confirm is not None and args.align_confirm < 0:
+            raise ValueError(f"--align-confirm must be >= 0, got {args.align_confirm}")
         if args.align_target is not None and not 0.0 <= args.align_target <= 1.0:
             raise ValueError(f"--align-target must be in [0, 1], got {args.align_target}")
         image_size, tower = args.image_size, args.vision_tower
@@ -356,7 +361,7 @@ def make_tiny_model_main(argv: list[str] | None = None) -> int:
             summary = make_seeing_model(out, args.align, args.family, image_size, args.seed, args.align_steps,
                                         args.align_target, corpus, args.vocab_size,
                                         pairs_per_split=args.align_pairs, vision_tower=tower,
-                                        caption=args.align_caption)
+                                        caption=args.align_caption, confirm_max=args.align_confirm)
             parameters, vocabulary = summary["parameters"], summary["vocabulary"]
         else:
             model, processor = build_tiny_vlm(args.family, image_size, args.seed, args.vocab_size, corpus, tower)
@@ -370,7 +375,10 @@ def make_tiny_model_main(argv: list[str] | None = None) -> int:
     print(f"wrote a tiny {args.family} VLM to {out}: {parameters / 1e6:.2f}M parameters, vocabulary {vocabulary}, "
           f"image {image_size}x{image_size}, {tower} vision tower, seed {args.seed}")
     if args.align:
-        figures = ", ".join(f"{env_id} {entry['accuracy']:.1%}" for env_id, entry in summary["per_env"].items())
+        figures = ", ".join(f"{env_id} {entry['accuracy']:.1%}" + (
+            "" if entry.get("confirmed_accuracy") is None else
+            f" (confirmed on {entry['confirm_pairs']} other pairs: {entry['confirmed_accuracy']:.1%})")
+            for env_id, entry in summary["per_env"].items())
         print(f"caption pre-training: {summary['steps']} steps, {summary['seconds']:.0f} s; held-out exact "
               f"captions: {figures} ({out / 'alignment.json'})")
     return 0

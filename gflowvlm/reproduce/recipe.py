@@ -51,6 +51,7 @@ class TinyModelSpec:
     align_steps: int | None = None  # upper bound of caption pre-training steps; None: each env's own recipe
     align_target: float | None = 0.95  # held-out exact-caption accuracy that ends alignment early (None: 0.98)
     align_caption: str = "image"  # vision_alignment.CAPTION_SOURCES: "text" is the captions before image_caption
+    align_confirm: int | None = None  # held-out pairs confirming an early stop; None: 512, 0: none (as before 1811c63)
 
 
 @dataclass
@@ -204,6 +205,7 @@ def _check_specs(path, tiny: TinyModelSpec, sft_data: SFTDataSpec, budget: Budge
     checks = [
         (tiny.align_steps is None or tiny.align_steps >= 1, "tiny_model.align_steps must be null or >= 1"),
         (tiny.align_target is None or 0.0 < tiny.align_target <= 1.0, "tiny_model.align_target must be in (0, 1]"),
+        (tiny.align_confirm is None or tiny.align_confirm >= 0, "tiny_model.align_confirm must be null or >= 0"),
         (tiny.align_caption in CAPTION_SOURCES,
          f"tiny_model.align_caption must be one of {', '.join(CAPTION_SOURCES)}"),
         (sft_data.samples >= 1, "sft_data.samples must be >= 1"),

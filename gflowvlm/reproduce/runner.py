@@ -137,6 +137,8 @@ def build_tiny_model(recipe: Recipe, model_dir: Path, seed: int) -> None:
     if recipe.tiny_model.align_target is not None:
         argv += ["--align-target", str(recipe.tiny_model.align_target)]
     argv += ["--align-caption", recipe.tiny_model.align_caption]
+    if recipe.tiny_model.align_confirm is not None:
+        argv += ["--align-confirm", str(recipe.tiny_model.align_confirm)]
     for env_id in recipe.tiny_model.align:
         argv += ["--align", env_id]
     code = make_tiny_model_main(argv)

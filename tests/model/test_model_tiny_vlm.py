@@ -200,6 +200,10 @@ def test_align_writes_per_env_held_out_accuracy(tmp_path):
     assert entry["train_pairs"] + entry["eval_pairs"] >= 60 and entry["eval_pairs"] >= 5
     assert entry["history"] == [[3, entry["accuracy"]]]
     assert summary["config"]["caption"] == "image"  # the default: what the image shows (env.image_caption)
+    # 16 held-out pairs, all read by the evaluation: nothing is left to confirm with, and nothing is claimed.
+    assert entry["confirm_pairs"] == 0 and entry["confirmed_accuracy"] is None and summary["confirmations"] == []
+    assert make_tiny_model_main(["--out", str(tmp_path / "bad"), "--align", "gflowvlm/NumberLine-v0",
+                                 "--align-confirm", "-1"]) == 2
     model = AutoModelForImageTextToText.from_pretrained(out)  # the aligned model is an ordinary HF directory
     assert model.config.vision_config.image_size == 64
 

@@ -236,6 +236,30 @@ def test_early_stop_needs_a_larger_held_out_sample_to_confirm(tiny, number_line_
     missed = align_vision(copy.deepcopy(tiny[0]), tiny[1], train, replace(config, steps=7), progress=False,
                           eval_pairs={"all": held_out})
     assert missed["steps"] == 7 and not missed["reached_target"] and len(missed["confirmations"]) == 3
+    # The confirmation reads other pairs than the evaluation, and none at all with confirm_max 0.
+    assert missed["eval_sizes"] == {"all": 2} and missed["confirm_sizes"] == {"all": 6}
+    unconfirmed = align_vision(copy.deepcopy(tiny[0]), tiny[1], train, replace(config, confirm_max=0),
+                               progress=False, eval_pairs={"all": held_out})
+    assert unconfirmed["steps"] == 3 and unconfirmed["reached_target"] and unconfirmed["confirmations"] == []
+    with pytest.raises(ValueError, match="confirm_max"):
+        AlignmentConfig(confirm_max=-1)
+
+
+def test_an_env_without_pairs_beyond_its_evaluation_is_not_confirmed_again(tiny, number_line_pairs, monkeypatch):
+    # Env "small" has only the 2 pairs its evaluation reads; "big" has more, and its first confirmation fails.
+    import gflowvlm.model.vision_alignment as alignment
+
+    train, held_out = split_by_caption(number_line_pairs, 0.2, seed=0)
+    big_confirmations = iter([0.5, 1.0])
+    monkeypatch.setattr(alignment, "caption_accuracy",
+                        lambda model, processor, group: 1.0 if len(group) == 2 else next(big_confirmations))
+    config = AlignmentConfig(steps=40, warmup_steps=1, batch_size=2, eval_every=3, eval_max=2, confirm_max=6,
+                             target_accuracy=0.95)
+    result = align_vision(copy.deepcopy(tiny[0]), tiny[1], train, config, progress=False,
+                          eval_pairs={"small": held_out[:2], "big": held_out[2:]})
+    assert result["steps"] == 6 and result["reached_target"]
+    assert result["confirmations"] == [[3, {"big": 0.5}], [6, {"big": 1.0}]]
+    assert result["confirm_sizes"] == {"small": 0, "big": 6}
 
 
 def test_a_confirmation_reads_without_changing_the_training(tiny, number_line_pairs, monkeypatch):

@@ -114,6 +114,10 @@ def test_observation_image_and_text(data_dir):
     moved, *_ = env.step(env.expert_action())
     assert not np.array_equal(obs["image"], moved["image"])
     assert moved["text"].startswith("You arrive at")
+    # The caption pre-training target is what the drawing says, not the engine's sentence.
+    view = env.scene_view()
+    assert env.image_caption().startswith(f"At: {view.agent_at} Sees: ") and "You arrive" not in env.image_caption()
+    assert env.image_caption().endswith("Holds: nothing")
 
 
 def test_scene_view_follows_what_the_agent_sees_and_holds(data_dir):

@@ -104,10 +104,16 @@ def _rule(row: dict) -> str:
     return f"{config.get('caption', 'text')}, {confirm if confirm else 'none'}"
 
 
+def _confirmed(row: dict) -> str:
+    """The confirmation read at the run's last step (the one that stopped it), else "-"."""
+    last = (row.get("confirmations") or [[None, None]])[-1]
+    return f"{last[1]:.3f}" if last[0] == row["steps"] else "-"
+
+
 def summarise(rows: list[dict]) -> None:
     print("\n| recipe | env | caption, confirmation | image | seeds reaching target | held-out accuracy per seed "
-          "| final (larger set) | steps per seed | seconds per seed | median steps | worst |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| confirmed (other pairs) | final (larger set) | steps per seed | seconds per seed | median steps | worst |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for key in dict.fromkeys((row["recipe"], row["env"], _rule(row)) for row in rows):
         mine = sorted((row for row in rows if (row["recipe"], row["env"], _rule(row)) == key),
                       key=lambda row: row["seed"])
@@ -117,11 +123,12 @@ def summarise(rows: list[dict]) -> None:
         median = statistics.median(reached) if reached else "-"
         finals = " ".join("-" if row["final_accuracy"] is None else f"{row['final_accuracy']:.3f}" for row in mine)
         accuracies = " ".join(f"{row['accuracy']:.3f}" for row in mine)
+        confirmed = " ".join(_confirmed(row) for row in mine)
         seconds = " ".join(f"{row['seconds']:.0f}" for row in mine)
         seeds = ",".join(str(row["seed"]) for row in mine)
         print(f"| {key[0]} | {key[1].split('/')[-1]} | {key[2]} | {mine[0]['image_size']} | {len(reached)}/{len(mine)} "
-              f"(seeds {seeds}) | {accuracies} | {finals} | {' '.join(str(s or 'x') for s in steps)} | {seconds} | "
-              f"{median} | {worst} |")
+              f"(seeds {seeds}) | {accuracies} | {confirmed} | {finals} | {' '.join(str(s or 'x') for s in steps)} "
+              f"| {seconds} | {median} | {worst} |")
     print(f"\nload average (1, 5, 15 min): {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 

@@ -36,8 +36,11 @@ reproduce-quick: setup
 	wait $$nl; a=$$?; wait $$bj; b=$$?; tail -n 40 $(QUICK_OUT)/numberline.log $(QUICK_OUT)/blackjack.log; \
 	test $$a -eq 0 -a $$b -eq 0
 
+# Scratch space for the tests beside the checkout, not in /tmp, which may be a small tmpfs (pytest clears it first).
+PYTEST_TMP := $(CURDIR)/.pytest-tmp
+
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --basetemp=$(PYTEST_TMP)
 
 # The model families whose library processors need torchvision (Qwen2-VL, Qwen2.5-VL, LLaVA-OneVision load their
 # video processor), tested with the real library processors in a second venv: PyPI's torchvision does not import
@@ -59,13 +62,13 @@ $(TV_STAMP): pyproject.toml
 
 test-torchvision: setup-torchvision
 	$(TV_PY) -c "import torchvision"
-	$(TV_PY) -m pytest -q tests/model/test_policy_families.py tests/model/test_policy_qwen2_vl.py tests/model/test_model_tiny_vlm.py
+	$(TV_PY) -m pytest -q --basetemp=$(PYTEST_TMP) tests/model/test_policy_families.py tests/model/test_policy_qwen2_vl.py tests/model/test_model_tiny_vlm.py
 
 lint: setup
 	$(VENV)/bin/ruff check gflowvlm tests scripts
 
 test-slow: setup
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow --basetemp=$(PYTEST_TMP)
 
 bench: setup
 	$(PY) scripts/bench_envs.py

@@ -13,6 +13,7 @@ from typing import Any
 from gflowvlm.report import (_pyplot, _type_key, env_name, grouped_bars, save_figure, split_name, style_curve_axis,
                              task_type_name)
 from gflowvlm.reproduce.results import aggregate
+from gflowvlm.stats import mean_interval
 
 REFERENCE_LABELS = {"random": "random (uniform admissible actions)", "oracle": "oracle (the env's expert)"}
 
@@ -107,6 +108,9 @@ def markdown(results: dict) -> str:
     efficiency = _efficiency_line(results)
     if efficiency:
         notes.append(efficiency)
+    mean_success = _mean_success_line(results)
+    if mean_success:
+        notes.append(mean_success)
     if results.get("alignment"):
         notes.append(_alignment_line(results["alignment"]))
     if results.get("cell_seconds_total") is not None:
@@ -150,6 +154,47 @@ def _efficiency_line(results: dict) -> str | None:
         return None
     return (f"Environment steps until the training success (EMA {CURVE_EMA}) first reaches {100 * threshold:.0f}%: "
             + ", ".join(parts) + ".")
+
+
+def mean_training_success(curve) -> float | None:
+    """The env-step-weighted mean of training success over a run: the area under the success-vs-env-steps step
+    curve, divided by the env steps it spans. Each iteration's on-policy success counts for the env steps that
+    iteration took, so with equal budgets a method that learns sooner scores higher, with no threshold to fall on
+    the right side of by one lucky batch. `curve`: [[cumulative env steps, success, ...], ...], in order; steps of
+    an iteration without a success value count towards the next one that has one. None if no steps are covered."""
+    area, covered, previous = 0.0, 0.0, 0.0
+    for row in curve:
+        if len(row) < 2 or row[1] is None:
+            continue
+        steps = float(row[0]) - previous
+        if steps > 0:
+            area += steps * float(row[1])
+            covered += steps
+            previous = float(row[0])
+    return area / covered if covered > 0 else None
+
+
+def _mean_success_line(results: dict) -> str | None:
+    """The sample-efficiency claim read from the whole curve: mean training success over the budget per method,
+    over seeds with its 95% t interval."""
+    curves = results.get("curves") or {}
+    labels = results.get("method_labels", {})
+    parts = []
+    for method in [m for m in row_order(results) if curves.get(m)]:
+        seeds = sorted((seed for seed, curve in curves[method].items() if len(curve) >= 2), key=int)
+        values = [mean_training_success(curves[method][seed]) for seed in seeds]
+        kept = [(int(seed), value) for seed, value in zip(seeds, values) if value is not None]
+        if not kept:
+            continue  # SFT: no on-policy steps
+        mean, interval = mean_interval([value for _, value in kept])
+        stat = {"mean": mean, "ci95": list(interval) if interval else None, "values": [v for _, v in kept],
+                "seeds": [seed for seed, _ in kept]}
+        parts.append(f"{labels.get(method, method)} {entry(stat)}")
+    if not parts:
+        return None
+    return ("Mean training success over the environment-step budget (on-policy samples, each iteration weighted "
+            "by its env steps: the area under the curve; higher = learned sooner), mean [95% t interval] "
+            "(per seed): " + ", ".join(parts) + ".")
 
 
 def _alignment_line(alignment: dict) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 from pathlib import Path
 
@@ -318,6 +319,44 @@ def test_sample_efficiency_is_the_first_step_the_smoothed_success_reaches_the_th
     results["cell_commits"] = ["abc123", "def456"]  # cells from two commits: the report says so
     assert "The cells ran at `abc123`, `def456`." in markdown(results)
 
+
+
+def _per_step_mean(curve) -> float | None:
+    """Brute force: one success value per environment step, the value of the iteration that took the step."""
+    per_step, previous = [], 0
+    for row in curve:
+        if len(row) < 2 or row[1] is None:
+            continue
+        per_step += [row[1]] * max(0, int(row[0]) - previous)
+        previous = max(previous, int(row[0]))
+    return sum(per_step) / len(per_step) if per_step else None
+
+
+def test_mean_training_success_weights_each_iteration_by_its_env_steps():
+    from gflowvlm.reproduce.report import mean_training_success
+
+    rng = random.Random(0)
+    for _ in range(200):
+        steps, curve = 0, []
+        for _ in range(rng.randint(0, 8)):
+            steps += rng.randint(0, 40)  # an iteration may take no step (a resumed log)
+            curve.append([steps, rng.choice([None, rng.random()]), None][:rng.choice([2, 3])])
+        expected = _per_step_mean(curve)
+        got = mean_training_success(curve)
+        assert (got is None) == (expected is None)
+        if expected is not None:
+            assert abs(got - expected) < 1e-12
+    # A run that learns sooner scores higher on the same budget, where a threshold line could not tell them apart.
+    assert mean_training_success([[100, 0.2], [200, 1.0], [300, 1.0]]) > mean_training_success(
+        [[100, 0.2], [200, 0.2], [300, 1.0]])
+    assert mean_training_success([[50, 0.5], [150, None], [200, 1.0]]) == (50 * 0.5 + 150 * 1.0) / 200
+    results = known_results()
+    results["curves"] = {"subtb-off": {"0": [[100, 0.0], [200, 1.0]], "1": [[100, 0.5], [200, 0.5]],
+                                       "2": [[100, 1.0], [200, 1.0]]},
+                         "sft": {"0": [[0, 0.0, None]]}}  # SFT has no on-policy curve: no entry
+    line = next(line for line in markdown(results).splitlines() if line.startswith("Mean training success"))
+    # Seeds 0.5, 0.5, 1.0: mean 0.667, t interval 0.667 +- 0.717, clipped to a rate's [0, 1].
+    assert line.endswith(": GFlowVLM SubTB off-policy 66.7 [0.0, 100.0] (50.0, 50.0, 100.0).") and "SFT" not in line
 
 def test_a_cell_reads_its_curve_from_the_run_log(tmp_path):
     run = tmp_path / "cell" / "run"

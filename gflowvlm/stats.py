@@ -86,3 +86,21 @@ def mean_interval(values: Sequence[float]) -> tuple[float, tuple[float, float] |
     variance = sum((v - mean) ** 2 for v in values) / (n - 1)
     half = t_quantile_975(n - 1) * math.sqrt(variance / n)
     return mean, (mean - half, mean + half)
+
+
+def paired_difference(outcomes: str, baseline: str) -> tuple[float, tuple[float, float] | None]:
+    """(mean, 95% t interval) of the per-episode difference between two rows evaluated on the same episodes.
+
+    `outcomes`, `baseline`: one '1' (solved) or '0' per episode, in the same task order (evaluation.summarize's
+    "outcomes"). The difference of the two success rates is the mean of d_i = a_i - b_i; its interval is
+    mean +- t_{0.975, n-1} * s_d / sqrt(n). Pairing removes the luck of the tasks both rows share (the same Blackjack
+    deal is lost by any play), so it separates rows whose own Wilson intervals overlap. Where every d_i is equal the
+    interval is that value: the rows differ (or agree) on every episode. None for one episode.
+    """
+    if len(outcomes) != len(baseline):
+        raise ValueError(f"paired rows need the same episodes, got {len(outcomes)} and {len(baseline)} outcomes")
+    if not outcomes:
+        raise ValueError("paired_difference needs at least one episode")
+    if set(outcomes) - {"0", "1"} or set(baseline) - {"0", "1"}:
+        raise ValueError("outcomes must be strings of '0' and '1'")
+    return mean_interval([int(a) - int(b) for a, b in zip(outcomes, baseline)])

@@ -160,6 +160,10 @@ def test_summarize_reports_task_types_and_null_diversity_for_k1():
     two_samples = summarize([record(0, True, "", ("a",)), record(0, True, "", ("b",)),
                              record(1, False, "", ("a",)), record(1, False, "", ("a",))], samples_per_task=2)
     assert two_samples["div_at_k"] == 2.0 and two_samples["tasks_with_success"] == 1
+    # Per-episode outcomes in task order, a task's samples together, whatever order the episodes finished in.
+    assert summary["outcomes"] == "1011" and two_samples["outcomes"] == "1100"
+    shuffled = summarize([record(2, True, ""), record(0, False, ""), record(1, True, ""), record(0, True, "")], 2)
+    assert shuffled["outcomes"] == "0111"
 
 
 def test_transcript_has_the_first_episodes_and_their_images(tmp_path):

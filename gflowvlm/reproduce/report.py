@@ -13,7 +13,7 @@ from typing import Any
 from gflowvlm.report import (_pyplot, _type_key, env_name, grouped_bars, save_figure, split_name, style_curve_axis,
                              task_type_name)
 from gflowvlm.reproduce.results import aggregate
-from gflowvlm.stats import mean_interval
+from gflowvlm.stats import mean_interval, paired_difference
 
 REFERENCE_LABELS = {"random": "random (uniform admissible actions)", "oracle": "oracle (the env's expert)"}
 
@@ -108,6 +108,10 @@ def markdown(results: dict) -> str:
     efficiency = _efficiency_line(results)
     if efficiency:
         notes.append(efficiency)
+    for split in results["evaluation"]["splits"]:
+        paired = _paired_gain_line(results, split)
+        if paired:
+            notes.append(paired)
     mean_success = _mean_success_line(results)
     if mean_success:
         notes.append(mean_success)
@@ -195,6 +199,33 @@ def _mean_success_line(results: dict) -> str | None:
     return ("Mean training success over the environment-step budget (on-policy samples, each iteration weighted "
             "by its env steps: the area under the curve; higher = learned sooner), mean [95% t interval] "
             "(per seed): " + ", ".join(parts) + ".")
+
+
+def _paired_gain_line(results: dict, split: str, baseline: str = "sft") -> str | None:
+    """Each row's gain on SFT, seed by seed, paired over the episodes both faced (the same tasks and deals):
+    differences of a few points that per-row Wilson intervals cannot separate. Only cells that recorded their
+    per-episode outcomes take part."""
+    cells = [c for c in results["cells"] if c["split"] == split and c.get("task_type") is None and c.get("outcomes")]
+    base = {c["seed"]: c["outcomes"] for c in cells if c["method"] == baseline}
+    labels = results.get("method_labels", {})
+    parts = []
+    for method in row_order(results):
+        if method == baseline:
+            continue
+        seeds = [c for c in sorted(cells, key=lambda c: c["seed"]) if c["method"] == method
+                 and len(base.get(c["seed"], "")) == len(c["outcomes"])]
+        if not seeds:
+            continue
+        gains = []
+        for cell in seeds:
+            mean, interval = paired_difference(cell["outcomes"], base[cell["seed"]])
+            span = f" [{100 * interval[0]:+.1f}, {100 * interval[1]:+.1f}]" if interval else ""
+            gains.append(f"seed {cell['seed']} {100 * mean:+.1f}{span}")
+        parts.append(f"{labels.get(method) or REFERENCE_LABELS.get(method, method)}: " + ", ".join(gains))
+    if not parts:
+        return None
+    return (f"{split_name(split)} gain on SFT in points, paired over the same episodes (95% t interval over "
+            "episodes, per seed): " + "; ".join(parts) + ".")
 
 
 def _alignment_line(alignment: dict) -> str:

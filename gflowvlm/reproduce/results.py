@@ -19,10 +19,12 @@ from typing import Any
 from gflowvlm.stats import mean_interval
 
 CELL_KEYS = ("env", "method", "seed", "split", "success_rate", "ci95", "div_at_k", "k", "div_success_rate",
-             "episodes", "env_steps", "parse_rate", "seconds", "task_type")
+             "episodes", "env_steps", "parse_rate", "seconds", "task_type", "outcomes")
 # div_success_rate: the share of the Div@K samples (K per task, temperature as in training) that solved their task.
 # Div@K counts distinct solutions among the solved tasks only, so it is read beside this: a policy that rarely
 # solves can show a high Div@K over the few tasks it solved.
+# outcomes: '1'/'0' per evaluation episode in task order (rows of one seed face the same tasks, so the report pairs
+# them); null in per-task-type rows and in cells evaluated before it was recorded.
 
 
 def cell_rows(record: dict) -> list[dict[str, Any]]:
@@ -38,11 +40,11 @@ def cell_rows(record: dict) -> list[dict[str, Any]]:
                 "env_steps": int(record.get("env_steps", 0)), "parse_rate": result.get("parse_rate"),
                 "seconds": seconds}
         rows.append({**base, "success_rate": result["success_rate"], "ci95": result["ci95"],
-                     "episodes": result["episodes"], "task_type": None})
+                     "episodes": result["episodes"], "task_type": None, "outcomes": result.get("outcomes")})
         for task_type, row in sorted((result.get("per_task_type") or {}).items()):
             rows.append({**base, "success_rate": row["success_rate"], "ci95": row["ci95"],
                          "episodes": row["episodes"], "task_type": task_type, "div_at_k": None, "k": None,
-                         "div_success_rate": None})
+                         "div_success_rate": None, "outcomes": None})
     return rows
 
 

@@ -249,6 +249,22 @@ def test_the_report_is_computed_from_results_json():
     assert "abc123" in text and "gflowvlm reproduce x" in text and "1,000" in text
 
 
+def test_rows_are_paired_with_sft_over_the_episodes_they_share():
+    results = known_results()
+    outcomes = {("sft", 0): "1100", ("subtb-off", 0): "1110", ("random", 0): "0000",
+                ("sft", 1): "1010", ("subtb-off", 1): "1010"}  # seed 2 recorded none: left out
+    for cell in results["cells"]:
+        cell["outcomes"] = outcomes.get((cell["method"], cell["seed"]))
+    line = next(line for line in markdown(results).splitlines() if line.startswith("ID gain on SFT"))
+    # seed 0: d = (0, 0, 1, 0), mean 0.25, s = 0.5, t_{0.975,3} = 3.182: +25.0 [-54.6, +104.6]; seed 1: all equal.
+    assert ("random (uniform admissible actions): seed 0 -50.0 [-141.9, +41.9]; GFlowVLM SubTB off-policy: "
+            "seed 0 +25.0 [-54.6, +104.6], seed 1 +0.0 [+0.0, +0.0].") in line
+    del results["cells"][0]["outcomes"]  # cells from before outcomes were recorded: no line, as before
+    for cell in results["cells"]:
+        cell.pop("outcomes", None)
+    assert "gain on SFT" not in markdown(results)
+
+
 def test_div_at_k_is_shown_beside_the_share_of_its_samples_that_solved():
     """Div@K counts only solved tasks, so the report puts the samples' success next to it (and '-' where a cell
     from an older results.json lacks it)."""

@@ -96,7 +96,7 @@ def summarize(records: Sequence[EpisodeRecord], samples_per_task: int) -> dict[s
         "tasks_with_success": sum(any(r.success for r in samples) for samples in by_task.values()),
         # One character per episode, tasks in order and a task's K samples together: '1' solved, '0' not. Rows
         # evaluated with the same seed face the same tasks, so two of them can be compared task by task.
-        "outcomes": "".join("1" if r.success else "0" for samples in sorted(by_task.items()) for r in samples[1]),
+        "outcomes": "".join("1" if r.success else "0" for _, samples in sorted(by_task.items()) for r in samples),
     }
     task_types = sorted({record.task_type for record in records if record.task_type})
     if task_types:

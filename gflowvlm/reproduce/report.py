@@ -12,8 +12,8 @@ from typing import Any
 
 from gflowvlm.report import (_pyplot, _type_key, env_name, grouped_bars, save_figure, split_name, style_curve_axis,
                              task_type_name)
-from gflowvlm.reproduce.results import aggregate
-from gflowvlm.stats import mean_interval, paired_difference
+from gflowvlm.reproduce.results import aggregate, seed_stat
+from gflowvlm.stats import paired_difference
 
 REFERENCE_LABELS = {"random": "random (uniform admissible actions)", "oracle": "oracle (the env's expert)"}
 
@@ -190,9 +190,7 @@ def _mean_success_line(results: dict) -> str | None:
         kept = [(int(seed), value) for seed, value in zip(seeds, values) if value is not None]
         if not kept:
             continue  # SFT: no on-policy steps
-        mean, interval = mean_interval([value for _, value in kept])
-        stat = {"mean": mean, "ci95": list(interval) if interval else None, "values": [v for _, v in kept],
-                "seeds": [seed for seed, _ in kept]}
+        stat = seed_stat([value for _, value in kept], [seed for seed, _ in kept])
         parts.append(f"{labels.get(method, method)} {entry(stat)}")
     if not parts:
         return None

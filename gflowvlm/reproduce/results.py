@@ -111,10 +111,13 @@ def aggregate(cells: Sequence[dict], method: str, split: str, key: str = "succes
                      and c.get("task_type") == task_type and c.get(key) is not None), key=lambda c: c["seed"])
     if not chosen:
         return None
-    values = [float(c[key]) for c in chosen]
+    return seed_stat([float(c[key]) for c in chosen], [c["seed"] for c in chosen])
+
+
+def seed_stat(values: Sequence[float], seeds: Sequence[int]) -> dict[str, Any]:
+    """A table entry from per-seed values: their mean, its 95% t interval over seeds, the values and their seeds."""
     mean, interval = mean_interval(values)
-    return {"mean": mean, "ci95": list(interval) if interval else None, "values": values,
-            "seeds": [c["seed"] for c in chosen]}
+    return {"mean": mean, "ci95": list(interval) if interval else None, "values": list(values), "seeds": list(seeds)}
 
 
 def _thread_settings(records: Sequence[dict] = ()) -> dict[str, Any]:

@@ -37,6 +37,7 @@ class Stream(enum.Enum):
     ANCHOR = "anchor"  # online methods: the SFT-anchor records of one optimizer step (rank, iteration, index)
     TASK_POOL = "task-pool"  # collector: which of collect.task_pool fixed tasks a group plays (rank, iteration, group)
     EXPERT_DRAW = "expert-draw"  # reference rows: a randomised oracle's own draws in play j of task `index` (index, j)
+    SFT_CAPTIONS = "sft-captions"  # SFT data: which alignment caption pairs join the records (no coordinates)
 
 
 SEED_BITS = 63

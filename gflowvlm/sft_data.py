@@ -5,6 +5,11 @@ Layout: a JSONL file, one record per line, and a folder of PNG images beside it 
      "env_id": "...", "split": "id", "task_seed": 7, "step": 2}
 `done: true` records are the paper's [DONE] samples: the prompt of a terminal state answered by the [DONE] token,
 which teaches the termination probability that SubTB/DB's [DONE] flows are read from.
+`kind: "caption"` records (`caption_samples`, none by default) are caption pairs of the tiny VLM's alignment: the
+captioning instruction answered by what the image shows. A full fine-tune on the expert's replies alone overwrites
+what alignment taught (results/tiny/diagnostics/: after SFT the NumberLine model writes 0% exact captions and
+mostly one-digit numbers out of distribution); mixing in the alignment's own training pairs keeps it writing them
+without showing any action, reward or held-out state.
 """
 from __future__ import annotations
 
@@ -22,16 +27,24 @@ from gflowvlm.config_schema import ConfigError, check_output_dir, check_output_f
 from gflowvlm.env_factory import check_env_options, check_has_expert, make_env
 from gflowvlm.errors import UserError
 from gflowvlm.prompting import Prompt, PromptBuilder, check_prompt_config
+from gflowvlm.seeding import Stream, stream_seed
 from gflowvlm.tokens import DONE_TOKEN
 
 
 def write_sft_data(env_id: str, out: str | Path, samples: int, split: str = "id", done_fraction: float = 0.0,
                    image_size: int = 64, seed: int = 0, prompt_config: PromptConfig | None = None,
-                   env_kwargs: dict | None = None, progress: bool = True) -> Path:
+                   env_kwargs: dict | None = None, progress: bool = True, caption_samples: int = 0,
+                   caption: str = "image") -> Path:
+    """`samples` expert records (a `done_fraction` share of them [DONE] samples), then `caption_samples` caption
+    records drawn from the training pairs of the alignment `make-tiny-model --seed seed` runs (both splits, its
+    held-out captions excluded), with `caption` as that alignment's caption source."""
     out = Path(out)
     images = out.parent / f"{out.stem}_images"
     prompt_config = prompt_config or PromptConfig()
     check_sft_options(env_id, out, samples, split, done_fraction, image_size, seed, prompt_config, env_kwargs)
+    if caption_samples < 0:
+        raise UserError(f"--caption-samples must be >= 0, got {caption_samples}")
+    instruction, pairs = _caption_pairs(env_id, caption_samples, image_size, seed, caption)  # before any write
     env = make_env(env_id, split=split, image_size=image_size, **(env_kwargs or {}))
     builder = PromptBuilder(env_id, prompt_config)
     images.mkdir(parents=True, exist_ok=True)
@@ -59,8 +72,30 @@ def write_sft_data(env_id: str, out: str | Path, samples: int, split: str = "id"
                 bar.update(1)
             if written_action >= n_action and written_done >= n_done:
                 break
+        for index, (image, text) in enumerate(pairs):
+            name = f"{samples + index:07d}.png"
+            Image.fromarray(image).save(images / name)
+            record = {"image": f"{images.name}/{name}", "prompt": instruction, "response": text,
+                      "done": False, "kind": "caption", "env_id": env_id}
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     env.close()
     return out
+
+
+def _caption_pairs(env_id: str, count: int, image_size: int, seed: int, caption: str) -> tuple[str, list]:
+    """(the alignment's captioning instruction, `count` of the training (image, caption) pairs of the alignment with
+    this seed, drawn without replacement by a seeded permutation): none of its held-out pairs. The training pairs
+    come split by split, so a prefix would hold the ID split's only; a draw keeps alignment's mix of both."""
+    if count == 0:
+        return "", []
+    from gflowvlm.model.env_alignment import env_caption_sets  # deferred: torch
+    from gflowvlm.model.vision_alignment import INSTRUCTION, AlignmentConfig
+
+    train, _ = env_caption_sets([env_id], image_size, seed, AlignmentConfig.eval_fraction, caption=caption)[env_id]
+    if len(train) < count:
+        raise UserError(f"--caption-samples {count}: the alignment of {env_id} has only {len(train)} training pairs")
+    order = np.random.default_rng(stream_seed(Stream.SFT_CAPTIONS, seed)).permutation(len(train))[:count]
+    return INSTRUCTION, [train[int(i)] for i in order]
 
 
 def check_sft_options(env_id: str, out: Path, samples: int, split: str, done_fraction: float, image_size: int,

@@ -59,6 +59,7 @@ class SFTDataSpec:
     samples: int = 3000
     done_fraction: float = 0.25
     split: str = "id"
+    caption_samples: int = 0  # alignment caption pairs appended to the SFT data (sft_data.write_sft_data)
 
 
 @dataclass
@@ -210,6 +211,7 @@ def _check_specs(path, tiny: TinyModelSpec, sft_data: SFTDataSpec, budget: Budge
          f"tiny_model.align_caption must be one of {', '.join(CAPTION_SOURCES)}"),
         (sft_data.samples >= 1, "sft_data.samples must be >= 1"),
         (0.0 <= sft_data.done_fraction < 1.0, "sft_data.done_fraction must be in [0, 1)"),
+        (sft_data.caption_samples >= 0, "sft_data.caption_samples must be >= 0"),
         (budget.env_steps >= 1, "budget.env_steps must be >= 1"),
         (bool(evaluation.splits), "evaluation.splits must not be empty"),
         (evaluation.episodes >= 1, "evaluation.episodes must be >= 1"),

@@ -168,3 +168,40 @@ def test_make_sft_data_out_under_a_file(capsys, tmp_path):
     assert code == 2 and len(err) == 1 and "--out" in err[0]
     code, _, err = run(capsys, ["make-sft-data", "--env", NUMBERLINE, "--samples", "5", "--out", str(tmp_path)])
     assert code == 2 and len(err) == 1 and "is a directory" in err[0]
+
+
+def test_caption_samples_are_the_alignments_own_training_pairs(capsys, tmp_path):
+    """Caption records follow the expert's, are pairs that alignment with the same seed trains on (never one of its
+    held-out captions), keep the image that was captioned, and include the OOD split's two-digit numbers."""
+    import numpy as np
+    from PIL import Image
+
+    from gflowvlm.model.env_alignment import env_caption_sets
+    from gflowvlm.model.vision_alignment import INSTRUCTION, AlignmentConfig
+
+    path = tmp_path / "nl.jsonl"
+    code, out, _ = run(capsys, ["make-sft-data", "--env", NUMBERLINE, "--samples", "20", "--caption-samples", "40",
+                                "--image-size", "32", "--seed", "3", "--out", str(path)])
+    assert code == 0 and "wrote 60 records" in out[-1]
+    records = read(path)
+    assert [r.get("kind") for r in records] == [None] * 20 + ["caption"] * 40
+    train, held_out = env_caption_sets([NUMBERLINE], 32, 3, AlignmentConfig.eval_fraction)[NUMBERLINE]
+    captions = records[20:]
+    assert all(r["prompt"] == INSTRUCTION and not r["done"] for r in captions)
+    trained = {}
+    for image, text in train:
+        trained.setdefault(text, []).append(image)
+    assert not {r["response"] for r in captions} & {text for _, text in held_out}
+    for record in captions:  # each record is one of alignment's training pairs, image and caption together
+        image = np.asarray(Image.open(tmp_path / record["image"]).convert("RGB"))
+        assert any(np.array_equal(image, seen) for seen in trained[record["response"]])
+    assert len({r["response"] for r in captions}) > 30  # a draw over the pairs, not one state repeated
+    assert any(int(n) >= 10 for r in captions for n in re.findall(r"\d+", r["response"]))  # OOD numbers
+    assert all("{" in r["response"] for r in records[:20])  # the expert's JSON replies come first, unchanged
+
+
+def test_bad_caption_samples_are_one_line_and_write_nothing(capsys, tmp_path):
+    code, _, err = run(capsys, ["make-sft-data", "--env", NUMBERLINE, "--samples", "5", "--caption-samples", "-1",
+                                "--out", str(tmp_path / "data" / "x.jsonl")])
+    assert code == 2 and len(err) == 1 and "--caption-samples" in err[0], err
+    assert not (tmp_path / "data").exists()

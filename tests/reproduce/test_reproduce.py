@@ -64,6 +64,7 @@ def test_recipe_mistakes_are_one_line_config_errors(tmp_path):
         "optional unknown": (f"base: {base}\noptional_methods: [grpo, nope]\n", "optional_methods must list"),
         "optional sft": (f"base: {base}\noptional_methods: [sft]\n", "optional_methods must list"),
         "bad caption": (f"base: {base}\ntiny_model: {{align_caption: ocr}}\n", "align_caption must be one of"),
+        "bad caption samples": (f"base: {base}\nsft_data: {{caption_samples: -3}}\n", "caption_samples must be >= 0"),
     }
     for name, (text, message) in cases.items():
         with pytest.raises(ConfigError, match=message) as error:

@@ -37,6 +37,7 @@ def test_every_seed_of_many_rounds_is_distinct():
                     everything[(seed, rank, iteration) + key] = value
         for epoch in ITERATIONS:
             everything[(seed, "sft", epoch)] = stream_seed(Stream.SFT_ORDER, seed, epoch)
+        everything[(seed, "sft captions")] = stream_seed(Stream.SFT_CAPTIONS, seed)
         for index in range(GROUPS):
             everything[(seed, "eval", index)] = stream_seed(Stream.EVAL_TASK, seed, index)
         for index in range(64):
@@ -49,7 +50,8 @@ def test_every_seed_of_many_rounds_is_distinct():
 def test_the_distinctness_check_covers_every_stream():
     """A new Stream must join the check above: the streams it draws are exactly the enum's members."""
     drawn = {Stream.TASK_RESET, Stream.GENERATION, Stream.EXPLORATION, Stream.REPLAY, Stream.PPO_MINIBATCH,
-             Stream.SFT_ORDER, Stream.EVAL_TASK, Stream.TASK_POOL, Stream.ANCHOR, Stream.EXPERT_DRAW}
+             Stream.SFT_ORDER, Stream.EVAL_TASK, Stream.TASK_POOL, Stream.ANCHOR, Stream.EXPERT_DRAW,
+             Stream.SFT_CAPTIONS}
     assert drawn == set(Stream)
     assert len({stream.value for stream in Stream}) == len(Stream)  # no two purposes hash the same name
 

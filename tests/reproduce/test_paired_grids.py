@@ -65,3 +65,21 @@ def test_grids_that_cannot_pair_are_one_line_errors(tmp_path):
         assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
     done = run("--base", str(base), "--variant", str(base), "--methods", "ppo")
     assert done.returncode == 2 and "no row" in done.stderr
+
+
+def test_a_variant_row_pairs_with_its_base_row_in_one_grid(tmp_path):
+    """`VARIANT=BASE`: an ablation row against the row it changes, both from one grid (the same tasks per seed)."""
+    one = grid(tmp_path / "grid.json", [("ppo", "ood", 0, "10010"), ("ppo-t07", "ood", 0, "11011"),
+                                        ("sft", "ood", 0, "00000")])
+    done = run("--base", str(one), "--variant", str(one), "--methods", "ppo-t07=ppo,sft")
+    assert done.returncode == 0, done.stderr
+    _, pair, same = [json.loads(line) for line in done.stdout.splitlines()]
+    assert (pair["method"], pair["base_method"]) == ("ppo-t07", "ppo")
+    mean, half = brute_force("11011", "10010")
+    (seed0,) = pair["seeds"]
+    assert (seed0["variant"], seed0["base"]) == (80.0, 40.0) and abs(seed0["difference"] - mean) < 0.01
+    assert abs(seed0["ci95"][0] - (mean - half)) < 0.01
+    assert (same["method"], same["base_method"], same["pooled"]["difference"]) == ("sft", "sft", 0.0)
+    for spec in ("ppo-t07=", "=ppo", ","):
+        done = run("--base", str(one), "--variant", str(one), "--methods", spec)
+        assert done.returncode == 2 and "--methods" in done.stderr and len(done.stderr.strip().splitlines()) == 1

@@ -140,6 +140,14 @@ class PromptBuilder:
         return f'Respond with a valid JSON object with fields {names}, "action" ({self.format.action_hint}).'
 
 
+def reading_instruction(names: Sequence[str]) -> str:
+    """The prompt of a reading record (sft_data, caption source "fields"): the task prompt's last two lines, asking
+    for the state fields alone, so that the reply's opening ({"current number": 44, ...}) is trained on any state
+    without showing an action."""
+    listed = ", ".join(json.dumps(name, ensure_ascii=False) for name in names)
+    return f"The image shows the current state.\nRespond with a valid JSON object with fields {listed}."
+
+
 def _one_line(text: str) -> str:
     # Env texts (ALFWorld's above all) contain newlines; the prompt keeps one line per item.
     return " ".join(str(text).split())

@@ -10,6 +10,10 @@ captioning instruction answered by what the image shows. A full fine-tune on the
 what alignment taught (results/tiny/diagnostics/: after SFT the NumberLine model writes 0% exact captions and
 mostly one-digit numbers out of distribution); mixing in the alignment's own training pairs keeps it writing them
 without showing any action, reward or held-out state.
+With `caption="fields"` they are reading records instead: the state's `state_fields()` as the JSON object a reply
+opens with ({"current number": 44, "target number": 12}), under an instruction that asks for those fields alone
+(`prompting.reading_instruction`). The states are drawn as the alignment draws its pairs (both splits, a fifth of
+the distinct states held out), so the reply's own fields get trained on two-digit states, still with no action.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from gflowvlm.config import FIELD_BOUNDS, PromptConfig
 from gflowvlm.config_schema import ConfigError, check_output_dir, check_output_file
 from gflowvlm.env_factory import check_env_options, check_has_expert, make_env
 from gflowvlm.errors import UserError
-from gflowvlm.prompting import Prompt, PromptBuilder, check_prompt_config
+from gflowvlm.prompting import Prompt, PromptBuilder, check_prompt_config, reading_instruction
 from gflowvlm.seeding import Stream, stream_seed
 from gflowvlm.tokens import DONE_TOKEN
 
@@ -75,7 +79,8 @@ def write_sft_data(env_id: str, out: str | Path, samples: int, split: str = "id"
         for index, (image, text) in enumerate(pairs):
             name = f"{samples + index:07d}.png"
             Image.fromarray(image).save(images / name)
-            record = {"image": f"{images.name}/{name}", "prompt": instruction, "response": text,
+            prompt = reading_instruction(list(json.loads(text))) if caption == "fields" else instruction
+            record = {"image": f"{images.name}/{name}", "prompt": prompt, "response": text,
                       "done": False, "kind": "caption", "env_id": env_id}
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     env.close()
@@ -91,7 +96,11 @@ def _caption_pairs(env_id: str, count: int, image_size: int, seed: int, caption:
     from gflowvlm.model.env_alignment import env_caption_sets  # deferred: torch
     from gflowvlm.model.vision_alignment import INSTRUCTION, AlignmentConfig
 
-    train, _ = env_caption_sets([env_id], image_size, seed, AlignmentConfig.eval_fraction, caption=caption)[env_id]
+    try:
+        train, _ = env_caption_sets([env_id], image_size, seed, AlignmentConfig.eval_fraction,
+                                    caption=caption)[env_id]
+    except ValueError as error:  # an env without state_fields() for caption "fields"
+        raise UserError(f"--caption {caption}: {error}") from None
     if len(train) < count:
         raise UserError(f"--caption-samples {count}: the alignment of {env_id} has only {len(train)} training pairs")
     order = np.random.default_rng(stream_seed(Stream.SFT_CAPTIONS, seed)).permutation(len(train))[:count]

@@ -4,7 +4,8 @@ The prompts are built as training builds them: pass the run's prompt settings (-
 `prompt.history=false`, --max-history-steps for `prompt.max_history_steps`) so SFT data and training prompts match,
 and --expert-strategy for the oracle (the run's `collect.expert_strategy`, e.g. Blackjack's stand17).
 --caption-samples N appends N caption records: the training pairs of the tiny VLM's alignment with the same --seed
-and --image-size (`make-tiny-model --align ENV --seed S`), so a full fine-tune keeps writing what the model reads.
+and --image-size (`make-tiny-model --align ENV --seed S`), so a full fine-tune keeps writing what the model reads;
+with --caption fields they are reading records, the reply's state fields as JSON ({"current number": 44, ...}).
 """
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ def main(argv: list[str]) -> int:
                         help="fraction of [DONE] samples at terminal states (the paper: about 0.25-0.3)")
     parser.add_argument("--caption-samples", type=int, default=0, metavar="N",
                         help="caption records appended: the alignment's training pairs for --seed (default 0)")
-    parser.add_argument("--caption", default="image", choices=("image", "text"),
-                        help="the caption source those pairs use (make-tiny-model --align-caption; default image)")
+    parser.add_argument("--caption", default="image", choices=("image", "text", "fields"),  # CAPTION_SOURCES
+                        help="the caption source those pairs use (make-tiny-model --align-caption; default image); "
+                             "fields: reading records, the reply's state fields as JSON")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--expert-strategy", metavar="NAME",

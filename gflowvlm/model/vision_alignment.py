@@ -50,6 +50,8 @@ grid sizes) is concatenated per batch, and the decoder is found with `get_decode
 """
 from __future__ import annotations
 
+import json
+
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -70,8 +72,10 @@ PAD_FILL = {"attention_mask": 0, "labels": IGNORE_INDEX}
 
 CaptionPair = tuple[np.ndarray, str]
 # Where a caption comes from: "image" = the env's image_caption() where it defines one, else obs["text"];
-# "text" = obs["text"] always (Blackjack's then holds hand totals and outcomes its image does not draw).
-CAPTION_SOURCES = ("image", "text")
+# "text" = obs["text"] always (Blackjack's then holds hand totals and outcomes its image does not draw);
+# "fields" = the env's `state_fields()` as the JSON object a reply opens with ({"current number": 44, ...}): the
+# state read off the image in the reply's own syntax, for envs that define them.
+CAPTION_SOURCES = ("image", "text", "fields")
 
 
 @dataclass
@@ -135,6 +139,12 @@ def check_caption_source(caption: str) -> None:
 def caption_of(env, obs: Mapping, caption: str = "image") -> str:
     """The caption of the observation `env` just returned (see CAPTION_SOURCES)."""
     check_caption_source(caption)
+    if caption == "fields":
+        fields = getattr(env.unwrapped, "state_fields", None)
+        fields = fields() if callable(fields) else None
+        if not fields:
+            raise ValueError(f"caption source 'fields': {env.spec.id if env.spec else env} defines no state_fields()")
+        return json.dumps(fields, ensure_ascii=False)
     describe = getattr(env.unwrapped, "image_caption", None) if caption == "image" else None
     return describe() if callable(describe) else obs["text"]
 

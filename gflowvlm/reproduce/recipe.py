@@ -60,6 +60,7 @@ class SFTDataSpec:
     done_fraction: float = 0.25
     split: str = "id"
     caption_samples: int = 0  # alignment caption pairs appended to the SFT data (sft_data.write_sft_data)
+    caption: str | None = None  # their caption source (CAPTION_SOURCES); None: the alignment's (tiny_model)
 
 
 @dataclass
@@ -212,6 +213,8 @@ def _check_specs(path, tiny: TinyModelSpec, sft_data: SFTDataSpec, budget: Budge
         (sft_data.samples >= 1, "sft_data.samples must be >= 1"),
         (0.0 <= sft_data.done_fraction < 1.0, "sft_data.done_fraction must be in [0, 1)"),
         (sft_data.caption_samples >= 0, "sft_data.caption_samples must be >= 0"),
+        (sft_data.caption is None or sft_data.caption in CAPTION_SOURCES,
+         f"sft_data.caption must be null or one of {', '.join(CAPTION_SOURCES)}"),
         (budget.env_steps >= 1, "budget.env_steps must be >= 1"),
         (bool(evaluation.splits), "evaluation.splits must not be empty"),
         (evaluation.episodes >= 1, "evaluation.episodes must be >= 1"),

@@ -120,7 +120,8 @@ def prepare_seed(recipe: Recipe, out: Path, seed: int, log: Callable[[str], None
             kwargs["strategy"] = recipe.expert_strategy
         write_sft_data(recipe.env.id, data, spec.samples, split=spec.split, done_fraction=spec.done_fraction,
                        image_size=recipe.env.image_size, seed=seed, prompt_config=config.prompt, env_kwargs=kwargs,
-                       progress=False, caption_samples=spec.caption_samples, caption=recipe.tiny_model.align_caption)
+                       progress=False, caption_samples=spec.caption_samples,
+                       caption=spec.caption or recipe.tiny_model.align_caption)
         seconds["sft_data"] = time.perf_counter() - started
         write_json({"samples": spec.samples, "seconds": seconds["sft_data"]}, marker)
     return seconds

@@ -200,6 +200,53 @@ def test_caption_samples_are_the_alignments_own_training_pairs(capsys, tmp_path)
     assert all("{" in r["response"] for r in records[:20])  # the expert's JSON replies come first, unchanged
 
 
+def test_reading_records_write_the_replys_state_fields_for_the_state_drawn(capsys, tmp_path):
+    """--caption fields: each record answers the reading instruction with the JSON object the expert's reply opens
+    with, for the state its image shows (checked against the text caption of the same image), OOD states included."""
+    import numpy as np
+    from PIL import Image
+
+    from gflowvlm.model.env_alignment import env_caption_sets
+    from gflowvlm.model.vision_alignment import AlignmentConfig
+    from gflowvlm.prompting import reading_instruction
+
+    path = tmp_path / "nl.jsonl"
+    code, out, _ = run(capsys, ["make-sft-data", "--env", NUMBERLINE, "--samples", "20", "--caption-samples", "40",
+                                "--caption", "fields", "--image-size", "32", "--seed", "3", "--out", str(path)])
+    assert code == 0 and "wrote 60 records" in out[-1]
+    records = read(path)
+    expert, reading = records[:20], records[20:]
+    assert [r.get("kind") for r in reading] == ["caption"] * 40
+    assert reading_instruction(["current number", "target number"]) == (
+        'The image shows the current state.\nRespond with a valid JSON object with fields "current number", '
+        '"target number".')
+    texts = {}  # image bytes -> the text caption the alignment draws for it (same rollouts, same seed)
+    for split_pairs in env_caption_sets([NUMBERLINE], 32, 3, AlignmentConfig.eval_fraction, caption="text")[NUMBERLINE]:
+        for image, text in split_pairs:
+            texts[image.tobytes()] = text
+    numbers = set()
+    for record in reading:
+        fields = json.loads(record["response"])
+        assert list(fields) == ["current number", "target number"] and not record["done"]
+        assert record["prompt"] == reading_instruction(list(fields))
+        image = np.asarray(Image.open(tmp_path / record["image"]).convert("RGB"))
+        assert texts[image.tobytes()] == (f"target number {fields['target number']}, "
+                                          f"current number {fields['current number']}")
+        numbers.update(fields.values())
+    assert max(numbers) >= 10 and len({r["response"] for r in reading}) > 30  # OOD states, a draw over many
+    reply = json.loads(expert[0]["response"])  # the expert's reply opens with the same object, same syntax
+    opening = json.dumps({k: reply[k] for k in ("current number", "target number")})
+    assert expert[0]["response"].startswith(opening[:-1] + ", ")
+
+
+def test_reading_records_need_an_env_with_state_fields(capsys, tmp_path):
+    code, _, err = run(capsys, ["make-sft-data", "--env", "gflowvlm/Blackjack-v0", "--samples", "5",
+                                "--caption-samples", "4", "--caption", "fields", "--out",
+                                str(tmp_path / "data" / "x.jsonl")])
+    assert code == 2 and len(err) == 1 and "state_fields" in err[0], err
+    assert not (tmp_path / "data").exists()
+
+
 def test_bad_caption_samples_are_one_line_and_write_nothing(capsys, tmp_path):
     code, _, err = run(capsys, ["make-sft-data", "--env", NUMBERLINE, "--samples", "5", "--caption-samples", "-1",
                                 "--out", str(tmp_path / "data" / "x.jsonl")])

@@ -65,6 +65,7 @@ def test_recipe_mistakes_are_one_line_config_errors(tmp_path):
         "optional sft": (f"base: {base}\noptional_methods: [sft]\n", "optional_methods must list"),
         "bad caption": (f"base: {base}\ntiny_model: {{align_caption: ocr}}\n", "align_caption must be one of"),
         "bad caption samples": (f"base: {base}\nsft_data: {{caption_samples: -3}}\n", "caption_samples must be >= 0"),
+        "bad sft caption": (f"base: {base}\nsft_data: {{caption: ocr}}\n", "sft_data.caption must be null or one of"),
     }
     for name, (text, message) in cases.items():
         with pytest.raises(ConfigError, match=message) as error:

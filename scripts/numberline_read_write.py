@@ -5,7 +5,9 @@ writes 'current number': 4 for 44: reading or writing?"):
 
 1. Reading: the greedy exact-caption accuracy (the alignment task: image -> "Target: T, Current: C"-style caption)
    of each model directory given, on fresh caption pairs of each split. The caption-pre-trained tiny model is
-   read before SFT; the SFT model (a full fine-tune) after it, which says whether SFT kept the skill.
+   read before SFT; the SFT model (a full fine-tune) after it, which says whether SFT kept the skill. With
+   `--fields`, also the exact reading in the reply's own syntax: the reading instruction of `make-sft-data --caption
+   fields` answered by {"current number": C, "target number": T} (what a model trained on reading records learnt).
 2. Writing: each eval transcript given (`gflowvlm eval ... --transcripts N`) is replayed on the env from its task
    seeds and printed actions, so every step's true state is known; per step it counts whether the response
    parsed, wrote both number fields, and wrote them right, and how many digits the written numbers have.
@@ -25,20 +27,24 @@ ENV_ID = "gflowvlm/NumberLine-v0"
 FIELD = r'"{name}":\s*(\d+)'
 
 
-def reading(model_dir: str, pairs_per_split: int, seed: int) -> dict[str, float]:
-    """Greedy exact-caption accuracy of the model in `model_dir` on `pairs_per_split` fresh pairs per split."""
+def reading(model_dir: str, pairs_per_split: int, seed: int, caption: str = "image") -> dict[str, float]:
+    """Greedy exact-caption accuracy of the model in `model_dir` on `pairs_per_split` fresh pairs per split;
+    `caption="fields"` asks with the reading instruction for the reply's state fields instead."""
     import torch
     from transformers import AutoModelForImageTextToText
 
     from gflowvlm.model.env_alignment import recipe
     from gflowvlm.model.loading import load_processor
-    from gflowvlm.model.vision_alignment import caption_accuracy, caption_pairs
+    from gflowvlm.model.vision_alignment import INSTRUCTION, caption_accuracy, caption_pairs
+    from gflowvlm.prompting import reading_instruction
 
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
     processor = load_processor(model_dir)
     image_size = recipe(ENV_ID).image_size  # the size the tiny model was aligned and trained at
+    instruction = reading_instruction(["current number", "target number"]) if caption == "fields" else INSTRUCTION
     return {split: caption_accuracy(model, processor, caption_pairs([ENV_ID], pairs_per_split, image_size,
-                                                                     seed + index, split=split))
+                                                                     seed + index, split=split, caption=caption),
+                                    instruction=instruction)
             for index, split in enumerate(("id", "ood"))}
 
 
@@ -80,6 +86,8 @@ def main() -> None:
     parser.add_argument("--transcripts", nargs="*", default=[], help="NumberLine eval transcripts to replay")
     parser.add_argument("--pairs", type=int, default=128, help="caption pairs per split (default 128)")
     parser.add_argument("--seed", type=int, default=12345, help="seeds the caption pairs (default 12345)")
+    parser.add_argument("--fields", action="store_true",
+                        help="also read each model in the reply's syntax (the reading records' instruction)")
     args = parser.parse_args()
     from gflowvlm.reproduce.results import git_commit
 
@@ -87,6 +95,9 @@ def main() -> None:
     print(json.dumps({"commit": git_commit(), "command": command}))
     for model_dir in args.models:
         print(json.dumps({"model": model_dir, "exact_captions": reading(model_dir, args.pairs, args.seed)}))
+        if args.fields:
+            print(json.dumps({"model": model_dir,
+                              "exact_fields": reading(model_dir, args.pairs, args.seed, caption="fields")}))
     for transcript in args.transcripts:
         print(json.dumps({"transcript": transcript, **writing(transcript)}))
 

@@ -227,18 +227,19 @@ def split_by_caption(pairs: Sequence[CaptionPair], eval_fraction: float,
 
 
 # ----- encoding ------------------------------------------------------------------------------------------------
-def _messages() -> list[dict]:
-    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": INSTRUCTION}]}]
+def _messages(instruction: str = INSTRUCTION) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
 
 
-def encode_prompt(processor, image: np.ndarray) -> dict[str, torch.Tensor]:
-    """The templated captioning prompt of one image, tokenised by the processor (batch dim 1).
+def encode_prompt(processor, image: np.ndarray, instruction: str = INSTRUCTION) -> dict[str, torch.Tensor]:
+    """The templated captioning prompt of one image, tokenised by the processor (batch dim 1); `instruction` is
+    the text after the image (another one reads a model trained on other records, e.g. sft_data's reading records).
 
     The template is rendered as text and then processed with the image, which is what
     `apply_chat_template(tokenize=True)` does, at a third of its cost: cheap enough to encode every training batch
     afresh, so a large pool of caption pairs is held as uint8 images, not as float pixel tensors.
     """
-    text = processor.apply_chat_template(_messages(), add_generation_prompt=True, tokenize=False)
+    text = processor.apply_chat_template(_messages(instruction), add_generation_prompt=True, tokenize=False)
     encoded = processor(text=[text], images=[Image.fromarray(image)], return_tensors="pt", add_special_tokens=False)
     return {k: v for k, v in encoded.items() if isinstance(v, torch.Tensor)}
 
@@ -309,7 +310,7 @@ def _pad_id(processor) -> int:
 # ----- evaluation ----------------------------------------------------------------------------------------------
 @torch.no_grad()
 def generate_captions(model, processor, images: Sequence[np.ndarray], batch_size: int = 32,
-                      max_new_tokens: int = 48) -> list[str]:
+                      max_new_tokens: int = 48, instruction: str = INSTRUCTION) -> list[str]:
     """Greedy captions of `images` (special tokens removed, stripped)."""
     was_training = model.training
     model.eval()
@@ -317,7 +318,7 @@ def generate_captions(model, processor, images: Sequence[np.ndarray], batch_size
     outputs: list[str] = []
     try:
         for start in range(0, len(images), batch_size):
-            prompts = [encode_prompt(processor, image) for image in images[start:start + batch_size]]
+            prompts = [encode_prompt(processor, image, instruction) for image in images[start:start + batch_size]]
             batch = _to_model(model, collate(prompts, _pad_id(processor), left=True))
             generated = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens,
                                        pad_token_id=_pad_id(processor), eos_token_id=tokenizer.eos_token_id)
@@ -328,13 +329,14 @@ def generate_captions(model, processor, images: Sequence[np.ndarray], batch_size
     return outputs
 
 
-def caption_accuracy(model, processor, pairs: Sequence[CaptionPair], batch_size: int = 32) -> float:
+def caption_accuracy(model, processor, pairs: Sequence[CaptionPair], batch_size: int = 32,
+                     instruction: str = INSTRUCTION) -> float:
     """Share of pairs whose greedy caption equals the true caption exactly (after stripping whitespace)."""
     if not pairs:
         raise ValueError("caption_accuracy: no pairs to evaluate")
     longest = max(len(processor.tokenizer(c, add_special_tokens=False)["input_ids"]) for _, c in pairs)
     captions = generate_captions(model, processor, [image for image, _ in pairs], batch_size,
-                                 max_new_tokens=longest + 2)
+                                 max_new_tokens=longest + 2, instruction=instruction)
     return float(np.mean([got == want.strip() for got, (_, want) in zip(captions, pairs)]))
 
 

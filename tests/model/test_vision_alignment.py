@@ -323,3 +323,26 @@ def test_caption_source_is_the_image_caption_where_the_env_has_one():
         caption_pairs([NUMBER_LINE], 5, 64, seed=0, caption="ocr")
     with pytest.raises(ValueError, match="unknown caption source"):
         AlignmentConfig(caption="ocr")
+
+
+def test_the_fields_caption_is_the_replys_opening_object_and_other_instructions_reach_the_prompt(tiny):
+    """caption "fields" writes state_fields() as JSON (the reading records of sft_data); encode_prompt puts another
+    instruction where the captioning one stands, the default unchanged."""
+    import json
+
+    from gflowvlm.model.vision_alignment import INSTRUCTION, encode_prompt
+
+    env = gymnasium.make(NUMBER_LINE, split="ood", image_size=64)
+    obs, _ = env.reset(seed=4)
+    fields = json.loads(caption_of(env, obs, "fields"))
+    assert fields == {"current number": env.unwrapped.current, "target number": env.unwrapped.target}
+    assert list(fields) == ["current number", "target number"]
+    blackjack = gymnasium.make("gflowvlm/Blackjack-v0", image_size=64)
+    obs, _ = blackjack.reset(seed=0)
+    with pytest.raises(ValueError, match="state_fields"):
+        caption_of(blackjack, obs, "fields")
+    _, processor = tiny
+    decode = processor.tokenizer.decode
+    assert INSTRUCTION in decode(encode_prompt(processor, obs["image"])["input_ids"][0])
+    other = decode(encode_prompt(processor, obs["image"], "Respond with the fields.")["input_ids"][0])
+    assert "Respond with the fields." in other and INSTRUCTION not in other

@@ -74,7 +74,7 @@ def build_results(recipe, records: Sequence[dict], command: str, methods: Sequen
                        "unparseable": recipe.evaluation.unparseable, "protocol": recipe.evaluation.protocol,
                        "success_threshold": recipe.evaluation.success_threshold},
         "expert_strategy": recipe.expert_strategy,
-        "threads": _thread_settings(),
+        "threads": _thread_settings(records),  # the cells' own counts, not the publishing process's
         # Cell time (tiny model, SFT data, training and evaluation), summed: the grid's compute on this machine.
         "cell_seconds_total": round(sum(float(record["seconds"]) for record in records), 1),
         "alignment": alignment or {},

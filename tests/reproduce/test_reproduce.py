@@ -439,3 +439,19 @@ def test_each_recipe_renders_its_env_at_the_size_its_tiny_model_is_aligned_at(pa
 
     recipe = load_recipe(path)
     assert recipe.env.image_size == recipe_image_size(recipe.tiny_model.align)
+
+
+def test_results_report_the_thread_count_the_cells_ran_with_not_the_publishers():
+    """A grid re-rendered (--report-only) by a process with another thread count still names the cells' count."""
+    import torch
+
+    from gflowvlm.reproduce.results import build_results
+
+    recipe = load_recipe(ROOT / "configs" / "reproduce" / "numberline.yaml")
+    other = torch.get_num_threads() + 3
+    records = [{"env": recipe.env.id, "method": "sft", "seed": seed, "env_steps": 0, "seconds": 1.0,
+                "evaluations": {}, "torch_threads": other, "commit": "abc"} for seed in (0, 1)]
+    results = build_results(recipe, records, "gflowvlm reproduce ...", ["sft"], [0, 1])
+    assert results["threads"]["torch_threads"] == other
+    mixed = records + [{**records[0], "seed": 2, "torch_threads": 1}]
+    assert build_results(recipe, mixed, "c", ["sft"], [0, 1, 2])["threads"]["torch_threads"] == sorted({1, other})

@@ -136,7 +136,7 @@ class PromptBuilder:
         return "\n".join(lines)
 
     def _format_instruction(self) -> str:
-        names = ", ".join(json.dumps(name, ensure_ascii=False) for name in (*self.format.fields, "thoughts"))
+        names = _field_list((*self.format.fields, "thoughts"))
         return f'Respond with a valid JSON object with fields {names}, "action" ({self.format.action_hint}).'
 
 
@@ -144,8 +144,11 @@ def reading_instruction(names: Sequence[str]) -> str:
     """The prompt of a reading record (sft_data, caption source "fields"): the task prompt's last two lines, asking
     for the state fields alone, so that the reply's opening ({"current number": 44, ...}) is trained on any state
     without showing an action."""
-    listed = ", ".join(json.dumps(name, ensure_ascii=False) for name in names)
-    return f"The image shows the current state.\nRespond with a valid JSON object with fields {listed}."
+    return f"The image shows the current state.\nRespond with a valid JSON object with fields {_field_list(names)}."
+
+
+def _field_list(names: Sequence[str]) -> str:
+    return ", ".join(json.dumps(name, ensure_ascii=False) for name in names)
 
 
 def _one_line(text: str) -> str:

@@ -51,7 +51,6 @@ grid sizes) is concatenated per batch, and the decoder is found with `get_decode
 from __future__ import annotations
 
 import json
-
 import math
 import time
 from collections.abc import Mapping, Sequence

@@ -4,12 +4,17 @@
     gflowvlm reproduce --recipe configs/reproduce/blackjack.yaml --out DIR --seeds 0,1,2 --methods sft,ppo,subtb-off
     gflowvlm reproduce --recipe configs/reproduce/numberline.yaml --out DIR --quick     # the recipe's quick grid
     gflowvlm reproduce --recipe configs/reproduce/numberline.yaml --out DIR --jobs 2    # seeds side by side
+    gflowvlm reproduce --recipe configs/reproduce/points24.yaml --out DIR2 --models-from DIR  # its tiny models
 
 Per seed: the tiny VLM caption-pre-trained on the env's images, oracle SFT data, the SFT run; then every method from
 that SFT model with the same budget of environment steps; then every evaluation, plus the `random` and `oracle`
 reference rows on the same tasks. Killed at any moment and run again, it redoes only unfinished cells. Writes
 DIR/results.json (one row per method, seed and split), DIR/report.md (mean over seeds with a 95% t interval and
 the per-seed values) and DIR/success_curves.png, DIR/success_by_split.png, after every finished cell.
+
+`--models-from OTHER_DIR` (repeatable) copies a seed's aligned tiny VLM from another grid's output instead of
+building it again, when that one was built with the same make-tiny-model arguments (recorded in its
+tiny-vlm/built-by.json); the report names the grid it came from and the commit it was built at.
 
 `--jobs N` runs the seeds in N worker processes (seeds dealt round-robin; each worker's log is
 DIR/worker-<seeds>.log), each with cores / N threads unless GFLOWVLM_NUM_THREADS says otherwise. On a CPU the tiny
@@ -40,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="the recipe's quick grid (its `quick` section)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="recipe overrides, e.g. budget.env_steps=3000 methods.subtb-off.objective.lam=0.9")
+    parser.add_argument("--models-from", action="append", default=[], metavar="DIR",
+                        help="another grid's --out: reuse its seeds' tiny VLMs where built with the same "
+                             "arguments (repeatable; first match wins)")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite results.json and the report from the finished cells; train nothing")
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
@@ -131,6 +139,12 @@ def main(argv: list[str]) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a directory")
+    models_from = [Path(item) for item in args.models_from]
+    for source in models_from:
+        if not source.is_dir():
+            raise UserError(f"--models-from {source} is not a directory (another grid's --out)")
+        if out.exists() and source.resolve() == out.resolve():
+            raise UserError(f"--models-from {source} is --out itself")
     out.mkdir(parents=True, exist_ok=True)
     from gflowvlm.env_factory import make_env
 
@@ -153,13 +167,13 @@ def main(argv: list[str]) -> int:
         write_report(results, out)
 
     if args.worker:
-        run_grid(recipe, out, seeds, methods)
+        run_grid(recipe, out, seeds, methods, models_from=models_from)
         return 0
     if not args.report_only:
         if args.jobs > 1 and len(seeds) > 1:
             run_workers(argv, out, seeds, args.jobs, on_worker_done=publish)
         else:
-            run_grid(recipe, out, seeds, methods, on_cell_done=publish)
+            run_grid(recipe, out, seeds, methods, on_cell_done=publish, models_from=models_from)
     publish()
     print(f"wrote {out / 'results.json'} and {out / 'report.md'}")
     print((out / "report.md").read_text(encoding="utf-8"))

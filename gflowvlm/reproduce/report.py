@@ -234,7 +234,14 @@ def _alignment_line(alignment: dict) -> str:
         parts.append(f"seed {seed} {100 * summary['accuracy']:.1f}% after {summary['steps']:,} steps{missed}")
     target = next(iter(alignment.values())).get("target_accuracy")
     goal = f" (target {100 * target:.0f}%)" if target is not None else ""
-    return f"Tiny VLM held-out exact captions{goal}: " + "; ".join(parts) + "."
+    line = f"Tiny VLM held-out exact captions{goal}: " + "; ".join(parts) + "."
+    reused = [(seed, summary) for seed, summary in sorted(alignment.items(), key=lambda item: int(item[0]))
+              if summary.get("reused_from")]
+    if reused:  # copied from another grid (--models-from): where from, and the code that built it
+        line += " Reused, not rebuilt: " + "; ".join(
+            f"seed {seed} from {summary['reused_from']} (built at {summary.get('built_at', 'unknown')})"
+            for seed, summary in reused) + "."
+    return line
 
 
 def _horizon(evaluation: dict, split: str) -> str:

@@ -4,12 +4,18 @@ then every evaluation; each finished cell is recorded so a killed grid redoes on
 Layout under --out (every run directory is an ordinary `gflowvlm train` output, so `gflowvlm eval`/`compare` work on
 it; a cell is done when its cell.json exists, written last and atomically):
 
-    DIR/seed0/tiny-vlm/            the aligned tiny VLM (alignment.json)
+    DIR/seed0/tiny-vlm/            the aligned tiny VLM (alignment.json; built-by.json: its make-tiny-model
+                                   arguments and commit, and where it was reused from)
     DIR/seed0/data/sft.jsonl       oracle SFT data (+ sft.jsonl.done once complete)
     DIR/seed0/<method>/run/        the method's run with its eval_<split>.json, div_<split>.json
     DIR/seed0/<method>/cell.json   written last: the cell is done
     DIR/seed0/random|oracle/       the reference rows on the same tasks
     DIR/results.json, report.md, *.png
+
+A seed's tiny VLM depends only on its `make-tiny-model` arguments, and aligning it is the most expensive step of many
+grids (Points24: 40-65 min per seed on two CPU cores): `models_from` names other grids' output folders whose
+seed's model, built with the same arguments, is copied instead of rebuilt (an ablation grid shares its baseline's
+models). The copy records where it came from and the commit it was built at; the report says so.
 
 A training stage interrupted mid-run resumes from its last checkpoint (resume=true); the budget of environment
 steps, not a number of iterations, ends every method's training, so methods that collect longer episodes do not
@@ -18,6 +24,9 @@ get more experience.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +38,7 @@ from gflowvlm.reproduce.recipe import REFERENCE_ROWS, SFT_METHOD, Recipe
 from gflowvlm.reproduce.results import git_commit
 
 CELL_FILE = "cell.json"
+BUILT_BY_FILE = "built-by.json"  # in a tiny-vlm folder: {"arguments": [...], "commit": ..., "reused_from": ...}
 
 
 @dataclass(frozen=True)
@@ -46,11 +56,16 @@ def grid(recipe: Recipe, seeds: Sequence[int], methods: Sequence[str]) -> list[C
 
 
 def run_grid(recipe: Recipe, out: Path, seeds: Sequence[int], methods: Sequence[str],
-             on_cell_done: Callable[[], None] = lambda: None, log: Callable[[str], None] = print) -> list[dict]:
-    """Run every unfinished cell; returns the cell records (finished ones, in grid order)."""
+             on_cell_done: Callable[[], None] = lambda: None, log: Callable[[str], None] = print,
+             models_from: Sequence[Path] = ()) -> list[dict]:
+    """Run every unfinished cell; returns the cell records (finished ones, in grid order). `models_from`: other
+    grids' output folders to copy a seed's tiny VLM from when it was built with the same arguments."""
     cells = grid(recipe, seeds, methods)
     git_commit()  # now, before any cell: the commit of the code this process imported (cached)
     todo = [cell for cell in cells if not (cell.directory(out) / CELL_FILE).is_file()]
+    for seed in sorted({cell.seed for cell in todo if cell.method not in REFERENCE_ROWS}):
+        if models_from and not (tiny_model_directory(out, seed) / "alignment.json").is_file():
+            reuse_tiny_model(recipe, out, seed, models_from, log)
     log(f"{recipe.name}: {len(cells)} cells ({len(seeds)} seeds x {len(methods)} methods + random, oracle), "
         f"{len(cells) - len(todo)} already done")
     spent: list[float] = []
@@ -101,7 +116,7 @@ def _torch_threads() -> int:
 def prepare_seed(recipe: Recipe, out: Path, seed: int, log: Callable[[str], None]) -> dict[str, float]:
     """Build what every method of `seed` shares (once): the aligned tiny VLM and the SFT data. Returns seconds."""
     seconds: dict[str, float] = {}
-    model_dir = out / f"seed{seed}" / "tiny-vlm"
+    model_dir = tiny_model_directory(out, seed)
     if not (model_dir / "alignment.json").is_file():
         started = time.perf_counter()
         build_tiny_model(recipe, model_dir, seed)
@@ -127,12 +142,13 @@ def prepare_seed(recipe: Recipe, out: Path, seed: int, log: Callable[[str], None
     return seconds
 
 
-def build_tiny_model(recipe: Recipe, model_dir: Path, seed: int) -> None:
-    """`gflowvlm make-tiny-model --align ...`: the same command a user runs (a half-built directory is rebuilt)."""
-    from gflowvlm.model.tiny_vlm import make_tiny_model_main
+def tiny_model_directory(out: Path, seed: int) -> Path:
+    return out / f"seed{seed}" / "tiny-vlm"
 
-    argv = ["--out", str(model_dir), "--force", "--family", recipe.tiny_model.family,
-            "--image-size", str(recipe.env.image_size), "--seed", str(seed)]
+
+def tiny_model_arguments(recipe: Recipe, seed: int) -> list[str]:
+    """The `make-tiny-model` arguments of `seed`'s tiny VLM, less --out: what decides the model it builds."""
+    argv = ["--family", recipe.tiny_model.family, "--image-size", str(recipe.env.image_size), "--seed", str(seed)]
     if recipe.tiny_model.align_steps is not None:  # else the envs' own alignment recipes (env_alignment.py)
         argv += ["--align-steps", str(recipe.tiny_model.align_steps)]
     if recipe.tiny_model.align_target is not None:
@@ -142,22 +158,89 @@ def build_tiny_model(recipe: Recipe, model_dir: Path, seed: int) -> None:
         argv += ["--align-confirm", str(recipe.tiny_model.align_confirm)]
     for env_id in recipe.tiny_model.align:
         argv += ["--align", env_id]
-    code = make_tiny_model_main(argv)
+    return argv
+
+
+def build_tiny_model(recipe: Recipe, model_dir: Path, seed: int) -> None:
+    """`gflowvlm make-tiny-model --align ...`: the same command a user runs (a half-built directory is rebuilt)."""
+    from gflowvlm.model.tiny_vlm import make_tiny_model_main
+
+    arguments = tiny_model_arguments(recipe, seed)
+    code = make_tiny_model_main(["--out", str(model_dir), "--force", *arguments])
     if code != 0 or not (model_dir / "alignment.json").is_file():
         raise UserError(f"building the tiny VLM in {model_dir} failed (exit {code})")
+    write_json({"arguments": arguments, "commit": git_commit()}, model_dir / BUILT_BY_FILE)
+
+
+def built_by(model_dir: Path) -> dict | None:
+    """A tiny-vlm folder's built-by.json, parsed as untrusted data: None if absent or not of the expected shape."""
+    try:
+        data = json.loads((model_dir / BUILT_BY_FILE).read_text(encoding="utf-8"))
+        arguments, commit, source = data["arguments"], data["commit"], data.get("reused_from")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not (isinstance(arguments, list) and all(isinstance(a, str) for a in arguments) and isinstance(commit, str)
+            and (source is None or isinstance(source, str))):
+        return None
+    return {"arguments": arguments, "commit": commit, "reused_from": source}
+
+
+def reuse_tiny_model(recipe: Recipe, out: Path, seed: int, sources: Sequence[Path],
+                     log: Callable[[str], None] = print) -> Path | None:
+    """Copy `seed`'s tiny VLM from the first of `sources` (other grids' --out folders) that holds one built with
+    this recipe's make-tiny-model arguments; returns the folder copied from, or None (then it is built as usual).
+
+    Only a finished model (alignment.json) whose built-by.json names exactly these arguments qualifies, and only
+    plain files are copied (a link could point anywhere). The copy is assembled beside the target and renamed into
+    place, so an interrupted copy leaves no half model."""
+    wanted = tiny_model_arguments(recipe, seed)
+    target = tiny_model_directory(out, seed)
+    for source_out in sources:
+        source = tiny_model_directory(Path(source_out), seed)
+        if not (source / "alignment.json").is_file():
+            continue
+        record = built_by(source)
+        if record is None or record["arguments"] != wanted:
+            why = "no readable built-by.json" if record is None else "built with other arguments"
+            log(f"seed {seed}: not reusing the tiny VLM in {source} ({why})")
+            continue
+        entries = list(source.iterdir())
+        if any(entry.is_symlink() or not entry.is_file() for entry in entries):
+            log(f"seed {seed}: not reusing the tiny VLM in {source} (it holds links or folders)")
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tiny-vlm."))
+        try:
+            for entry in entries:
+                shutil.copyfile(entry, staging / entry.name)
+            write_json({**record, "reused_from": str(source.resolve())}, staging / BUILT_BY_FILE)
+            if target.exists():  # a half-built model of an interrupted build
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
+        log(f"seed {seed}: reused the tiny VLM of {source} (built at {record['commit']}), not rebuilt")
+        return source
+    return None
 
 
 def alignment_summary(out: Path, seed: int) -> dict | None:
-    """What seed's tiny VLM read, from its alignment.json (parsed as untrusted data; None if absent or malformed)."""
-    path = out / f"seed{seed}" / "tiny-vlm" / "alignment.json"
+    """What seed's tiny VLM read, from its alignment.json (parsed as untrusted data; None if absent or malformed),
+    and, for a model copied from another grid, where from and the commit it was built at."""
+    model_dir = tiny_model_directory(out, seed)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads((model_dir / "alignment.json").read_text(encoding="utf-8"))
         per_env = {str(env): float(entry["accuracy"]) for env, entry in data["per_env"].items()}
-        return {"accuracy": float(data["accuracy"]), "per_env": per_env, "steps": int(data["steps"]),
-                "seconds": float(data["seconds"]), "reached_target": bool(data["reached_target"]),
-                "target_accuracy": None if data.get("target_accuracy") is None else float(data["target_accuracy"])}
+        summary = {"accuracy": float(data["accuracy"]), "per_env": per_env, "steps": int(data["steps"]),
+                   "seconds": float(data["seconds"]), "reached_target": bool(data["reached_target"]),
+                   "target_accuracy": None if data.get("target_accuracy") is None else float(data["target_accuracy"])}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+    record = built_by(model_dir)
+    if record is not None and record["reused_from"]:
+        summary.update(reused_from=record["reused_from"], built_at=record["commit"])
+    return summary
 
 
 def sft_data_path(out: Path, seed: int) -> Path:

@@ -12,10 +12,11 @@ it; a cell is done when its cell.json exists, written last and atomically):
     DIR/seed0/random|oracle/       the reference rows on the same tasks
     DIR/results.json, report.md, *.png
 
-A seed's tiny VLM depends only on its `make-tiny-model` arguments, and aligning it is the most expensive step of many
-grids (Points24: 40-65 min per seed on two CPU cores): `models_from` names other grids' output folders whose
-seed's model, built with the same arguments, is copied instead of rebuilt (an ablation grid shares its baseline's
-models). The copy records where it came from and the commit it was built at; the report says so.
+At one commit a seed's tiny VLM is decided by its `make-tiny-model` arguments, and aligning it is the most expensive
+step of many grids (Points24: 40-65 min per seed on two CPU cores): `models_from` names other grids' output folders
+whose seed's model, built with the same arguments, is copied instead of rebuilt (an ablation grid shares its
+baseline's models). Defaults that live in code (an env's alignment recipe) can change between commits, so the copy
+records the grid it came from and the commit it was built at, and the report says so.
 
 A training stage interrupted mid-run resumes from its last checkpoint (resume=true); the budget of environment
 steps, not a number of iterations, ends every method's training, so methods that collect longer episodes do not
@@ -25,7 +26,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -166,10 +169,18 @@ def build_tiny_model(recipe: Recipe, model_dir: Path, seed: int) -> None:
     from gflowvlm.model.tiny_vlm import make_tiny_model_main
 
     arguments = tiny_model_arguments(recipe, seed)
+    # First: alignment.json, written last, marks the model finished, and a finished model must carry its record.
+    write_json({"arguments": arguments, "commit": git_commit()}, model_dir / BUILT_BY_FILE)
     code = make_tiny_model_main(["--out", str(model_dir), "--force", *arguments])
     if code != 0 or not (model_dir / "alignment.json").is_file():
         raise UserError(f"building the tiny VLM in {model_dir} failed (exit {code})")
-    write_json({"arguments": arguments, "commit": git_commit()}, model_dir / BUILT_BY_FILE)
+
+
+# A reused model folder holds only what make-tiny-model writes: weights as safetensors, JSON configs, the chat
+# template, tokenizer text files. Never a pickle or code (the loader would run neither, but a copy is not a review).
+REUSABLE_SUFFIXES = (".safetensors", ".json", ".jinja", ".txt")
+COMMIT_PATTERN = re.compile(r"(?:[0-9a-f]{7,40}(?:-dirty)?|unknown)")
+COPY_LIMIT_BYTES = 4 << 30  # a tiny VLM is megabytes: a larger folder is not one
 
 
 def built_by(model_dir: Path) -> dict | None:
@@ -180,7 +191,7 @@ def built_by(model_dir: Path) -> dict | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if not (isinstance(arguments, list) and all(isinstance(a, str) for a in arguments) and isinstance(commit, str)
-            and (source is None or isinstance(source, str))):
+            and COMMIT_PATTERN.fullmatch(commit) and (source is None or isinstance(source, str))):
         return None
     return {"arguments": arguments, "commit": commit, "reused_from": source}
 
@@ -189,40 +200,86 @@ def reuse_tiny_model(recipe: Recipe, out: Path, seed: int, sources: Sequence[Pat
                      log: Callable[[str], None] = print) -> Path | None:
     """Copy `seed`'s tiny VLM from the first of `sources` (other grids' --out folders) that holds one built with
     this recipe's make-tiny-model arguments; returns the folder copied from, or None (then it is built as usual).
+    A model already finished in `out` is kept.
 
-    Only a finished model (alignment.json) whose built-by.json names exactly these arguments qualifies, and only
-    plain files are copied (a link could point anywhere). The copy is assembled beside the target and renamed into
-    place, so an interrupted copy leaves no half model."""
+    Only a finished model qualifies: a readable alignment.json, config.json, safetensors weights, and a
+    built-by.json naming exactly these arguments. Only plain files with the suffixes make-tiny-model writes are
+    copied, each opened without following links. The copy is assembled beside the target and renamed into place,
+    so an interrupted copy leaves no half model; a copy that fails is logged and the model is built instead."""
     wanted = tiny_model_arguments(recipe, seed)
     target = tiny_model_directory(out, seed)
+    if (target / "alignment.json").is_file():
+        return None
     for source_out in sources:
         source = tiny_model_directory(Path(source_out), seed)
-        if not (source / "alignment.json").is_file():
-            continue
-        record = built_by(source)
-        if record is None or record["arguments"] != wanted:
-            why = "no readable built-by.json" if record is None else "built with other arguments"
-            log(f"seed {seed}: not reusing the tiny VLM in {source} ({why})")
-            continue
-        entries = list(source.iterdir())
-        if any(entry.is_symlink() or not entry.is_file() for entry in entries):
-            log(f"seed {seed}: not reusing the tiny VLM in {source} (it holds links or folders)")
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tiny-vlm."))
         try:
-            for entry in entries:
-                shutil.copyfile(entry, staging / entry.name)
-            write_json({**record, "reused_from": str(source.resolve())}, staging / BUILT_BY_FILE)
-            if target.exists():  # a half-built model of an interrupted build
-                shutil.rmtree(target)
-            os.replace(staging, target)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging)
+            if not (source / "alignment.json").is_file():
+                continue
+            problem = _unreusable(source, seed, wanted)
+            if problem is None:
+                record = built_by(source)
+                _copy_model(source, target, {**record, "reused_from": record["reused_from"] or str(source.resolve())})
+        except OSError as error:
+            problem = f"copy failed: {' '.join(str(error).split())}"
+        if problem is not None:
+            log(f"seed {seed}: not reusing the tiny VLM in {source} ({problem})")
+            continue
         log(f"seed {seed}: reused the tiny VLM of {source} (built at {record['commit']}), not rebuilt")
         return source
     return None
+
+
+def _unreusable(source: Path, seed: int, wanted: list[str]) -> str | None:
+    """Why the finished-looking model folder `source` must not be copied, or None."""
+    if any(folder.is_symlink() for folder in (source, source.parent)):
+        return "it is a link"
+    record = built_by(source)
+    if record is None:
+        return "no readable built-by.json"
+    if record["arguments"] != wanted:
+        return "built with other arguments"
+    if alignment_summary(source.parent.parent, seed) is None:
+        return "its alignment.json is malformed"
+    entries = list(source.iterdir())
+    if any(entry.is_symlink() or not entry.is_file() for entry in entries):
+        return "it holds links or folders"
+    foreign = [entry.name for entry in entries if not entry.name.lower().endswith(REUSABLE_SUFFIXES)]
+    if foreign:
+        return f"it holds {foreign[0]}, which make-tiny-model does not write"
+    if not (source / "config.json").is_file() or not any(e.name.endswith(".safetensors") for e in entries):
+        return "no config.json or safetensors weights"
+    if sum(entry.stat().st_size for entry in entries) > COPY_LIMIT_BYTES:
+        return "larger than any tiny VLM"
+    return None
+
+
+def _copy_model(source: Path, target: Path, record: dict) -> None:
+    """Copy `source`'s plain files to `target` through a staging folder renamed into place; `record` becomes the
+    copy's built-by.json. Each file is opened without following a link, so one swapped in after the checks fails."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(".tiny-vlm.*"):  # staging left by a killed copy
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tiny-vlm."))
+    try:
+        for entry in source.iterdir():
+            if entry.name == BUILT_BY_FILE:
+                continue
+            descriptor = os.open(entry, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            with os.fdopen(descriptor, "rb") as reader:
+                if not stat.S_ISREG(os.fstat(reader.fileno()).st_mode):
+                    raise OSError(f"{entry} is not a plain file")
+                with open(staging / entry.name, "wb") as writer:
+                    shutil.copyfileobj(reader, writer)
+        write_json(record, staging / BUILT_BY_FILE)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would hide the model from the grid's other readers
+        if target.exists():  # a half-built model of an interrupted build
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def alignment_summary(out: Path, seed: int) -> dict | None:

@@ -5,7 +5,10 @@ arguments this recipe would run; the copy records where it came from, and the re
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -17,11 +20,12 @@ from gflowvlm.reproduce.recipe import load_recipe
 from test_reproduce import ROOT, place_model, tiny_recipe
 
 
-def _finished_model(out: Path, seed: int, arguments: list[str], commit: str = "abc123") -> Path:
+def _finished_model(out: Path, seed: int, arguments: list[str], commit: str = "abc1234") -> Path:
     """A stand-in tiny-vlm folder: the files reuse copies, a finished alignment.json, a built-by.json."""
     model = runner.tiny_model_directory(out, seed)
     model.mkdir(parents=True)
     (model / "model.safetensors").write_bytes(b"weights of seed %d" % seed)
+    (model / "config.json").write_text("{}")
     (model / "alignment.json").write_text(json.dumps({
         "accuracy": 0.96, "per_env": {"gflowvlm/NumberLine-v0": {"accuracy": 0.96}}, "steps": 450,
         "seconds": 100.0, "reached_target": True, "target_accuracy": 0.95}))
@@ -40,13 +44,27 @@ def test_a_model_built_with_the_same_arguments_is_copied_with_its_origin(tmp_pat
     assert runner.reuse_tiny_model(recipe, tmp_path / "ablation", 0, [tmp_path / "baseline"], logged.append) == source
     copy = runner.tiny_model_directory(tmp_path / "ablation", 0)
     assert (copy / "model.safetensors").read_bytes() == b"weights of seed 0"
-    assert runner.built_by(copy) == {"arguments": runner.tiny_model_arguments(recipe, 0), "commit": "abc123",
+    assert runner.built_by(copy) == {"arguments": runner.tiny_model_arguments(recipe, 0), "commit": "abc1234",
                                      "reused_from": str(source.resolve())}
     summary = runner.alignment_summary(tmp_path / "ablation", 0)
     assert summary["accuracy"] == 0.96 and summary["reused_from"] == str(source.resolve())
-    assert summary["built_at"] == "abc123" and "reused the tiny VLM" in logged[0]
+    assert summary["built_at"] == "abc1234" and "reused the tiny VLM" in logged[0]
     assert "reused_from" not in runner.alignment_summary(tmp_path / "baseline", 0)  # built there, not copied
     assert not [p for p in copy.parent.iterdir() if p.name.startswith(".tiny-vlm.")]  # no staging left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o777 & ~umask  # readable as a built one is, not mkdtemp's 0700
+    # A copy of the copy still names the grid whose weights they are.
+    assert runner.reuse_tiny_model(recipe, tmp_path / "third", 0, [tmp_path / "ablation"], logged.append) == copy
+    assert runner.built_by(runner.tiny_model_directory(tmp_path / "third", 0))["reused_from"] == str(source.resolve())
+
+
+def test_a_model_already_finished_in_the_grid_is_kept(tmp_path, recipe):
+    _finished_model(tmp_path / "baseline", 0, runner.tiny_model_arguments(recipe, 0))
+    mine = _finished_model(tmp_path / "grid", 0, runner.tiny_model_arguments(recipe, 0))
+    (mine / "model.safetensors").write_bytes(b"built here")
+    assert runner.reuse_tiny_model(recipe, tmp_path / "grid", 0, [tmp_path / "baseline"], lambda _: None) is None
+    assert (mine / "model.safetensors").read_bytes() == b"built here"
 
 
 def test_another_seed_other_arguments_or_no_record_are_not_reused(tmp_path, recipe):
@@ -68,19 +86,54 @@ def test_another_seed_other_arguments_or_no_record_are_not_reused(tmp_path, reci
 @pytest.mark.parametrize("record", ["{not json", "[1, 2]", json.dumps({"arguments": "--seed 0", "commit": "x"}),
                                     json.dumps({"arguments": ["--seed", 0], "commit": "x"}),
                                     json.dumps({"arguments": [], "commit": None}),
-                                    json.dumps({"arguments": [], "commit": "x", "reused_from": 3})])
+                                    json.dumps({"arguments": [], "commit": "abc1234", "reused_from": 3}),
+                                    json.dumps({"arguments": [], "commit": "abc1234\n\n# a heading in the report"})])
 def test_a_malformed_built_by_record_is_untrusted(tmp_path, record):
     (tmp_path / runner.BUILT_BY_FILE).write_text(record)
     assert runner.built_by(tmp_path) is None
 
 
-def test_a_model_folder_with_links_is_not_copied(tmp_path, recipe):
-    source = _finished_model(tmp_path / "baseline", 0, runner.tiny_model_arguments(recipe, 0))
+def _spoil_link(source: Path, tmp_path: Path) -> None:
     (tmp_path / "secret").write_text("outside the model")
     (source / "tokenizer.json").symlink_to(tmp_path / "secret")
+
+
+def _spoil_folder_link(source: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    source.rename(elsewhere)
+    source.symlink_to(elsewhere, target_is_directory=True)
+
+
+@pytest.mark.parametrize("spoil, why", [
+    (_spoil_link, "links or folders"),
+    (_spoil_folder_link, "it is a link"),
+    (lambda source, _: (source / "sub").mkdir(), "links or folders"),
+    (lambda source, _: (source / "pytorch_model.bin").write_bytes(b"a pickle"), "pytorch_model.bin"),
+    (lambda source, _: (source / "modeling_tiny.py").write_text("import os"), "modeling_tiny.py"),
+    (lambda source, _: (source / "model.safetensors").unlink(), "no config.json or safetensors weights"),
+    (lambda source, _: (source / "config.json").unlink(), "no config.json or safetensors weights"),
+    (lambda source, _: (source / "alignment.json").write_text("{}"), "alignment.json is malformed"),
+], ids=["file link", "folder link", "subfolder", "pickle", "code", "no weights", "no config", "bad alignment"])
+def test_a_model_folder_that_is_not_what_make_tiny_model_writes_is_not_copied(tmp_path, recipe, spoil, why):
+    source = _finished_model(tmp_path / "baseline", 0, runner.tiny_model_arguments(recipe, 0))
+    spoil(source, tmp_path)
     logged = []
     assert runner.reuse_tiny_model(recipe, tmp_path / "new", 0, [tmp_path / "baseline"], logged.append) is None
-    assert "links or folders" in logged[0] and not runner.tiny_model_directory(tmp_path / "new", 0).exists()
+    assert why in logged[0] and not runner.tiny_model_directory(tmp_path / "new", 0).exists()
+
+
+def test_a_copy_that_fails_is_logged_and_leaves_nothing(tmp_path, recipe, monkeypatch):
+    _finished_model(tmp_path / "baseline", 0, runner.tiny_model_arguments(recipe, 0))
+
+    def disk_full(*_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runner.shutil, "copyfileobj", disk_full)
+    logged = []
+    assert runner.reuse_tiny_model(recipe, tmp_path / "new", 0, [tmp_path / "baseline"], logged.append) is None
+    assert "copy failed: [Errno 28] No space left on device" in logged[0]
+    seed_folder = tmp_path / "new" / "seed0"
+    assert not runner.tiny_model_directory(tmp_path / "new", 0).exists() and not list(seed_folder.iterdir())
 
 
 def test_a_half_built_model_is_replaced_by_the_copy(tmp_path, recipe):
@@ -98,7 +151,7 @@ def test_a_built_model_records_the_arguments_it_was_built_with(tmp_path, monkeyp
     def fake_make_tiny_model(argv):
         seen.append(argv)
         out = Path(argv[argv.index("--out") + 1])
-        out.mkdir(parents=True)
+        assert runner.built_by(out) is not None  # recorded before the build: a finished model always has it
         (out / "alignment.json").write_text("{}")
         return 0
 

@@ -11,6 +11,11 @@ table per (recipe, env): seeds that reached the target, steps and seconds to rea
     # recipe comparisons (RECIPES below) on one env
     .venv/bin/python scripts/alignment_experiments.py --recipes constant recipe --envs gflowvlm/NumberLine-v0
 
+With `--save-models GRID_DIR` (the `recipe` recipe only) each run also saves its aligned model as a reproduce grid
+holds it, `GRID_DIR/seed<S>/tiny-vlm/` with alignment.json and built-by.json: it is the model `gflowvlm
+make-tiny-model --align ENV_ID --seed S --align-target T` builds, so a grid run with `--models-from GRID_DIR` starts
+from it instead of aligning again (Points24: about an hour per seed here).
+
 With `--results-dir`, each run writes its own JSON file there and a run whose file exists is not run again, so an
 interrupted check resumes; `--table-only` prints the table of the files already there. Wall seconds depend on
 what else runs on the machine (other processes share the cores): compare steps, and read seconds together with
@@ -29,8 +34,9 @@ from pathlib import Path
 
 import torch
 
-from gflowvlm.model.env_alignment import env_caption_sets, recipe
-from gflowvlm.model.tiny_vlm import build_tiny_vlm
+from gflowvlm.model.env_alignment import alignment_record, env_caption_sets, recipe, save_seeing_model
+from gflowvlm.model.tiny_vlm import build_tiny_vlm, make_tiny_model_arguments
+from gflowvlm.reproduce.runner import write_built_by
 from gflowvlm.model.vision_alignment import AlignmentConfig, align_vision, caption_accuracy
 
 CARD_ENVS = ("gflowvlm/NumberLine-v0", "gflowvlm/Blackjack-v0", "gflowvlm/EZPoints-v0", "gflowvlm/Points24-v0")
@@ -69,7 +75,9 @@ def run_config(name: str, env_id: str, seed: int, steps: int | None, target: flo
 
 
 def run_one(name: str, env_id: str, seed: int, steps: int | None, pairs_per_split: int | None,
-            target: float, image_size: int | None, final_eval: int) -> dict:
+            target: float, image_size: int | None, final_eval: int, save_to: Path | None = None) -> dict:
+    """One alignment run; with `save_to` (the `recipe` recipe only), the model is saved there as make-tiny-model
+    would have saved it, with the command line that builds it in built-by.json."""
     mix = RECIPES[name].get("mix", False)
     env_recipe = recipe(env_id)
     image_size = image_size or env_recipe.image_size
@@ -83,6 +91,11 @@ def run_one(name: str, env_id: str, seed: int, steps: int | None, pairs_per_spli
                                                               pairs_per_split, config.caption).values()
                   for pair in other_train]
     result = align_vision(model, processor, train, config, progress=False, eval_pairs={env_id: held_out})
+    if save_to is not None:
+        write_built_by(save_to, make_tiny_model_arguments("llava", image_size, seed, [env_id], steps, target,
+                                                          config.caption))
+        save_seeing_model(model, processor, alignment_record(result, {env_id: (train, held_out)}, config, image_size),
+                          save_to, "llava", env_recipe.vision_tower)
     # The stopping figure is on config.eval_max held-out pairs; re-read a larger held-out share at the end.
     started = time.perf_counter()
     final = caption_accuracy(model, processor, held_out[:final_eval]) if final_eval else None
@@ -145,7 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for this process")
     parser.add_argument("--results-dir", help="one JSON file per run; runs already there are skipped")
     parser.add_argument("--table-only", action="store_true", help="print the table of --results-dir and exit")
+    parser.add_argument("--save-models", metavar="GRID_DIR", help="save each run's model as a reproduce grid holds "
+                        "it (GRID_DIR/seed<S>/tiny-vlm), for `gflowvlm reproduce --models-from GRID_DIR`")
     args = parser.parse_args(argv)
+    if args.save_models and (args.recipes != ["recipe"] or len(args.envs) != 1 or args.pairs_per_split):
+        parser.error("--save-models saves what make-tiny-model builds: only --recipes recipe, one env, the "
+                     "recipe's pairs")
     torch.set_num_threads(args.threads)
     results = Path(args.results_dir) if args.results_dir else None
     if args.table_only:
@@ -167,8 +185,9 @@ def main(argv: list[str] | None = None) -> int:
                         rows.append(row)
                         continue
                     print(f"{path.name}: written under other settings than today's {name!r}; running it again")
+                save_to = Path(args.save_models) / f"seed{seed}" / "tiny-vlm" if args.save_models else None
                 row = run_one(name, env_id, seed, args.steps, args.pairs_per_split, args.target, args.image_size,
-                              args.final_eval)
+                              args.final_eval, save_to)
                 rows.append(row)
                 print(f"{name} {env_id} seed {seed}: {'reached' if row['reached'] else 'MISSED '} target at step "
                       f"{row['steps']:>5}, held-out accuracy {row['accuracy']:.3f} (final {row['final_accuracy']}), "

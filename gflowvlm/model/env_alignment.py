@@ -126,6 +126,12 @@ def align_on_envs(model, processor, env_ids: Sequence[str], image_size: int, con
     train = {env_id: train_pairs for env_id, (train_pairs, _) in sets.items()}  # drawn in equal shares per env
     result = align_vision(model, processor, train, config, progress=progress,
                           eval_pairs={env_id: held_out for env_id, (_, held_out) in sets.items()})
+    return alignment_record(result, sets, config, image_size)
+
+
+def alignment_record(result: dict, sets: dict[str, tuple[list[CaptionPair], list[CaptionPair]]],
+                     config: AlignmentConfig, image_size: int) -> dict:
+    """What `alignment.json` holds, from `align_vision`'s result on `sets` (env id -> (train, held out))."""
     # A confirmation describes the final model only if it was read at the last step (the one that stopped the run).
     final = result["confirmations"][-1] if result["confirmations"] else None
     confirmed = final[1] if final is not None and final[0] == result["steps"] else {}
@@ -142,6 +148,17 @@ def align_on_envs(model, processor, env_ids: Sequence[str], image_size: int, con
             "loss_history": [[step, loss] for step, _, loss in result["history"]]}
 
 
+def save_seeing_model(model, processor, summary: dict, out: str | Path, family: str, vision_tower: str) -> dict:
+    """Save the aligned model to `out`, then its `alignment.json` (last: it marks a finished model)."""
+    from gflowvlm.model.tiny_vlm import save_tiny_vlm
+
+    summary = dict(summary, family=family, vision_tower=vision_tower,
+                   parameters=sum(p.numel() for p in model.parameters()), vocabulary=len(processor.tokenizer))
+    save_tiny_vlm(model, processor, out)
+    write_alignment(summary, out)
+    return summary
+
+
 def make_seeing_model(out: str | Path, env_ids: Sequence[str], family: str = "llava", image_size: int | None = None,
                       seed: int = 0, steps: int | None = None, target_accuracy: float | None = None,
                       corpus=None, vocab_size: int = 1024, progress: bool = True,
@@ -152,7 +169,7 @@ def make_seeing_model(out: str | Path, env_ids: Sequence[str], family: str = "ll
 
     Image size, vision tower, step budget and pairs default to the envs' recipes (ENV_RECIPES); `caption`
     (vision_alignment.CAPTION_SOURCES) and `confirm_max` (0: no confirmation) override the config's."""
-    from gflowvlm.model.tiny_vlm import ONE_TOWER_FAMILIES, build_tiny_vlm, save_tiny_vlm
+    from gflowvlm.model.tiny_vlm import ONE_TOWER_FAMILIES, build_tiny_vlm
 
     check_env_ids(env_ids)
     image_size = image_size or recipe_image_size(env_ids)
@@ -166,11 +183,7 @@ def make_seeing_model(out: str | Path, env_ids: Sequence[str], family: str = "ll
         config = replace(config, confirm_max=confirm_max)
     model, processor = build_tiny_vlm(family, image_size, seed, vocab_size, corpus, vision_tower)
     summary = align_on_envs(model, processor, env_ids, image_size, config, progress, pairs_per_split)
-    summary.update(family=family, vision_tower=vision_tower, parameters=sum(p.numel() for p in model.parameters()),
-                   vocabulary=len(processor.tokenizer))
-    save_tiny_vlm(model, processor, out)
-    write_alignment(summary, out)
-    return summary
+    return save_seeing_model(model, processor, summary, out, family, vision_tower)
 
 
 def write_alignment(summary: dict, directory: str | Path) -> Path:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -293,6 +294,24 @@ def save_tiny_vlm(model, processor, directory: str | Path) -> Path:
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
+
+
+def make_tiny_model_arguments(family: str, image_size: int, seed: int, align: Sequence[str],
+                              align_steps: int | None = None, align_target: float | None = None,
+                              align_caption: str = "image", align_confirm: int | None = None) -> list[str]:
+    """The `make-tiny-model` command line (less --out) that builds this model: what decides it at one commit.
+    None leaves an option at its default (the envs' recipes), and leaves it out of the line."""
+    argv = ["--family", family, "--image-size", str(image_size), "--seed", str(seed)]
+    if align_steps is not None:
+        argv += ["--align-steps", str(align_steps)]
+    if align_target is not None:
+        argv += ["--align-target", str(align_target)]
+    argv += ["--align-caption", align_caption]
+    if align_confirm is not None:
+        argv += ["--align-confirm", str(align_confirm)]
+    for env_id in align:
+        argv += ["--align", env_id]
+    return argv
 
 
 def make_tiny_model_main(argv: list[str] | None = None) -> int:

@@ -151,17 +151,16 @@ def tiny_model_directory(out: Path, seed: int) -> Path:
 
 def tiny_model_arguments(recipe: Recipe, seed: int) -> list[str]:
     """The `make-tiny-model` arguments of `seed`'s tiny VLM, less --out: what decides the model it builds."""
-    argv = ["--family", recipe.tiny_model.family, "--image-size", str(recipe.env.image_size), "--seed", str(seed)]
-    if recipe.tiny_model.align_steps is not None:  # else the envs' own alignment recipes (env_alignment.py)
-        argv += ["--align-steps", str(recipe.tiny_model.align_steps)]
-    if recipe.tiny_model.align_target is not None:
-        argv += ["--align-target", str(recipe.tiny_model.align_target)]
-    argv += ["--align-caption", recipe.tiny_model.align_caption]
-    if recipe.tiny_model.align_confirm is not None:
-        argv += ["--align-confirm", str(recipe.tiny_model.align_confirm)]
-    for env_id in recipe.tiny_model.align:
-        argv += ["--align", env_id]
-    return argv
+    from gflowvlm.model.tiny_vlm import make_tiny_model_arguments
+
+    spec = recipe.tiny_model  # align_steps None: the envs' own alignment recipes (env_alignment.py)
+    return make_tiny_model_arguments(spec.family, recipe.env.image_size, seed, spec.align, spec.align_steps,
+                                     spec.align_target, spec.align_caption, spec.align_confirm)
+
+
+def write_built_by(model_dir: Path, arguments: list[str]) -> None:
+    """`model_dir/built-by.json`: the make-tiny-model arguments and the commit a model is built with."""
+    write_json({"arguments": arguments, "commit": git_commit()}, model_dir / BUILT_BY_FILE)
 
 
 def build_tiny_model(recipe: Recipe, model_dir: Path, seed: int) -> None:
@@ -170,7 +169,7 @@ def build_tiny_model(recipe: Recipe, model_dir: Path, seed: int) -> None:
 
     arguments = tiny_model_arguments(recipe, seed)
     # First: alignment.json, written last, marks the model finished, and a finished model must carry its record.
-    write_json({"arguments": arguments, "commit": git_commit()}, model_dir / BUILT_BY_FILE)
+    write_built_by(model_dir, arguments)
     code = make_tiny_model_main(["--out", str(model_dir), "--force", *arguments])
     if code != 0 or not (model_dir / "alignment.json").is_file():
         raise UserError(f"building the tiny VLM in {model_dir} failed (exit {code})")

@@ -160,6 +160,22 @@ def read_sft_data(path: str | Path) -> list[dict]:
     return records
 
 
+def check_responses_fit(records: list[dict], count_tokens, max_new_tokens: int, source: str) -> None:
+    """UserError unless every response of `records` fits in `max_new_tokens` generated tokens.
+
+    A policy generates at most generation.max_new_tokens tokens per step; an expert reply longer than that can be
+    learnt but never written back, so every reply the trained policy tries is cut before its action and parses as
+    nothing. Measured before the check existed: Points24's expert replies run to 93 tokens of the tiny VLM against
+    a limit of 72 (59% of them cut), ALFWorld's to 119 against 48 (all of them); both grids trained on data their
+    policies could not reproduce. `count_tokens(text)` counts a text's tokens without special tokens."""
+    lengths = [count_tokens(record["response"]) for record in records]
+    over = sum(length > max_new_tokens for length in lengths)
+    if over:
+        raise UserError(f"{source}: {over} of {len(records)} SFT responses are longer than generation.max_new_tokens"
+                        f" = {max_new_tokens} tokens (the longest has {max(lengths)}); a policy cannot write them "
+                        f"back, so raise generation.max_new_tokens to at least {max(lengths)}")
+
+
 def load_prompt(record: dict) -> Prompt:
     try:
         image = np.asarray(Image.open(record["image"]).convert("RGB"), dtype=np.uint8)

@@ -11,6 +11,7 @@ from gflowvlm.algorithms.common import make_generate
 from gflowvlm.collector import Collector
 from gflowvlm.config import load_config
 from gflowvlm.algorithms.gflownet import gflownet_loss
+from gflowvlm.errors import UserError
 from gflowvlm.sft_data import write_sft_data
 from gflowvlm.trainer import Trainer
 
@@ -144,6 +145,46 @@ def test_sft_lowers_the_loss_and_beats_the_untrained_model(tiny_vlm_dir, tmp_pat
                        progress=False, unparseable="illegal")
     assert trained["parse_rate"] > untrained["parse_rate"]
     assert trained["success_rate"] > untrained["success_rate"]
+
+
+def test_sft_refuses_replies_longer_than_the_generation_limit(tiny_vlm_dir, tmp_path, capsys):
+    """An expert reply longer than generation.max_new_tokens is learnt and never written back: every reply the
+    trained policy tries is cut before its action (Points24's ran to 93 tokens against 72, ALFWorld's to 119 against
+    48, and both grids trained on them). SFT stops before its first step, as one line naming the limit that fits."""
+    from transformers import AutoTokenizer
+
+    from gflowvlm import cli
+
+    data = write_sft_data("gflowvlm/NumberLine-v0", tmp_path / "sft.jsonl", 40, image_size=64, progress=False,
+                          done_fraction=0.25)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_vlm_dir)
+    lengths = [len(tokenizer(json.loads(line)["response"], add_special_tokens=False)["input_ids"])
+               for line in Path(data).read_text().splitlines()]
+    longest, over = max(lengths), sum(length > max(lengths) - 1 for length in lengths)
+    assert min(lengths) < longest  # the [DONE] records are short: the count below is not every record's
+
+    short = ["model.adapter=full", f"sft.data={data}", "steps=1", f"generation.max_new_tokens={longest - 1}"]
+    with pytest.raises(UserError, match=rf"{over} of 40 SFT responses .* = {longest - 1} tokens .* at least "
+                                        rf"{longest}$"):
+        Trainer(make_config(tiny_vlm_dir, tmp_path, "sft", *short))
+    assert not (tmp_path / "sft" / "metrics.jsonl").exists()  # nothing trained, nothing written
+
+    (tmp_path / "run.yaml").write_text("algorithm: sft\n")
+    argv = ["train", "--config", str(tmp_path / "run.yaml"), *FAST, *short, f"model.name_or_path={tiny_vlm_dir}",
+            f"output_dir={tmp_path / 'cli'}"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err  # (transformers' weight-loading bar may precede the error on stderr)
+    assert [line for line in err.splitlines() if "error" in line] == [
+        f"gflowvlm train: error: {data}: {over} of 40 SFT responses are longer than generation.max_new_tokens = "
+        f"{longest - 1} tokens (the longest has {longest}); a policy cannot write them back, so raise "
+        f"generation.max_new_tokens to at least {longest}"]
+    assert not (tmp_path / "cli" / "metrics.jsonl").exists()
+
+    fits = ["model.adapter=full", f"sft.data={data}", "steps=1", f"generation.max_new_tokens={longest}"]
+    config = make_config(tiny_vlm_dir, tmp_path / "fits", "sft", *fits)
+    Trainer(config).train()  # a reply of exactly the limit can be written back
+    assert len(Path(config.output_dir, "metrics.jsonl").read_text().splitlines()) == 1
 
 
 def test_non_finite_losses_skip_the_step_and_stop_the_run(tiny_vlm_dir, tmp_path):

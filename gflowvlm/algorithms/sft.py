@@ -14,7 +14,7 @@ from gflowvlm.algorithms import AlgorithmContext
 from gflowvlm.algorithms.common import backward, response_nll, sync_context
 from gflowvlm.config import RunConfig
 from gflowvlm.seeding import Stream, stream_seed
-from gflowvlm.sft_data import read_sft_data
+from gflowvlm.sft_data import check_responses_fit, read_sft_data
 
 
 class SFT:
@@ -26,6 +26,9 @@ class SFT:
     def __init__(self, context: AlgorithmContext):
         self.context = context
         self.records = read_sft_data(context.config.sft.data)
+        # Before the first step: a reply longer than the generation limit is learnt but never written back.
+        check_responses_fit(self.records, context.policy.count_tokens, context.config.generation.max_new_tokens,
+                            context.config.sft.data)
 
     def batch_indices(self, iteration: int) -> list[int]:
         config, accelerator = self.context.config, self.context.accelerator

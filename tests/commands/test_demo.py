@@ -20,7 +20,7 @@ def run_demo(out, *args, timeout=3000):
 
 def test_demo_pipeline_is_wired_and_resumes(tmp_path):
     quick = ["--align-steps", "5", "--sft-samples", "64", "--sft-steps", "3", "--budget-env-steps", "6",
-             "--eval-episodes", "4", "--eval-max-steps", "3", "--max-new-tokens", "12"]
+             "--eval-episodes", "4", "--eval-max-steps", "3", "--max-new-tokens", "64"]
     run_demo(tmp_path, *quick)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["success"]) == {f"{method} {split}" for method in ("random", "oracle", "sft", "subtb-off")

@@ -110,7 +110,7 @@ sft_data: {{samples: 24}}
 budget: {{env_steps: 4}}
 run:
   env: {{num_envs: 2}}
-  generation: {{max_new_tokens: 8}}
+  generation: {{max_new_tokens: 64}}
   logging: {{save_every: 1}}
 sft: {{steps: 2, optim: {{batch_size: 4, warmup_steps: 0}}}}
 presets: {{lora: {{optim: {{batch_size: 8}}}}}}

@@ -108,15 +108,18 @@ class Collector:
                     command = rng.choice(admissible)
                 if admissible and rng.random() < epsilon:
                     command, parsed = rng.choice(admissible), False
+                generated = None
                 if command is not None and not parsed:
-                    response = with_action(response, command)
+                    generated, response = response, with_action(response, command)
+                    if generated == response:
+                        generated = None
                 sent = command if command is not None else response
                 log_reward = infos[e]["log_reward"]
                 observation, reward, terminated, truncated, info = self.envs[slot].step(sent)
                 trajectories[e].steps.append(Step(prompt=prompt, response=response,
                                                   action=command if command is not None else INVALID_ACTION,
                                                   parsed=parsed, illegal=bool(info["illegal"]), reward=float(reward),
-                                                  log_reward=float(log_reward)))
+                                                  log_reward=float(log_reward), generated=generated))
                 histories[e].append(HistoryStep(observations[e]["text"], command or INVALID_ACTION))
                 observations[e], infos[e] = observation, info
                 if terminated or truncated:

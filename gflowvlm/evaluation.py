@@ -34,7 +34,7 @@ from gflowvlm.env_factory import make_env
 from gflowvlm.errors import UserError
 from gflowvlm.seeding import Stream, stream_seed
 from gflowvlm.stats import div_at_k, wilson_interval
-from gflowvlm.trajectory import Trajectory
+from gflowvlm.trajectory import Trajectory, response_lines
 
 UNPARSEABLE_MODES = ("random", "illegal")
 
@@ -229,7 +229,7 @@ def write_transcript(trajectories: Sequence[Trajectory], folder: Path, samples_p
             flags = ("" if step.parsed else " [not parsed]") + (" [illegal]" if step.illegal else "")
             lines.append(f"--- step {index} (image {image_name})")
             lines.append("prompt:\n" + step.prompt.text)
-            lines.append(f"response: {step.response}")
+            lines.extend(response_lines(step))
             lines.append(f"action: {step.action}{flags}   reward: {step.reward:.3f}")
         if trajectory.final_prompt is not None:
             image_name = f"episode{number:02d}_step{trajectory.length:02d}.png"

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gflowvlm.errors import UserError
-from gflowvlm.trajectory import Trajectory
+from gflowvlm.trajectory import Trajectory, response_lines
 
 
 class RunLogger:
@@ -89,7 +89,7 @@ def format_trajectories(trajectories: Sequence[Trajectory]) -> str:
             lines.append(f"--- step {t}: log R(z_t) = {step.log_reward:.3f}")
             if t == 0:
                 lines.append("prompt:\n" + step.prompt.text)
-            lines.append(f"response: {step.response}")
+            lines.extend(response_lines(step))
             lines.append(f"action: {step.action}{flags}   reward: {step.reward:.3f}")
         lines.append("")
     return "\n".join(lines)

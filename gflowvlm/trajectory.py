@@ -23,6 +23,9 @@ class Step:
     illegal: bool
     reward: float  # the environment's reward for this step (its reward mode)
     log_reward: float  # log R(z_t) of the state the step starts from
+    # The model's own text where the collector rewrote `response` to carry a fallback's or exploration's action (so
+    # that log P_F scores what was done); None where `response` is what the model wrote. Transcripts show both.
+    generated: str | None = None
 
 
 @dataclass
@@ -55,6 +58,18 @@ class Trajectory:
     def state_log_rewards(self) -> list[float]:
         """log R(z_0), ..., log R(z_n): n + 1 values."""
         return [step.log_reward for step in self.steps] + [self.final_log_reward]
+
+
+def response_lines(step: Step) -> list[str]:
+    """A step's response for a transcript: what the model wrote and, where the collector rewrote it, what was scored.
+
+    A reader diagnosing parse failures needs the model's own text; the rewritten one would show an admissible action
+    the model never wrote.
+    """
+    if step.generated is None:
+        return [f"response: {step.response}"]
+    return [f"response (the model's own): {step.generated}",
+            f"response (as scored, its action replaced by the one taken): {step.response}"]
 
 
 def pad_per_step(values: list[list[float]], width: int, fill: float = 0.0) -> torch.Tensor:

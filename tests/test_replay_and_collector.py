@@ -103,6 +103,34 @@ def test_unparseable_fallbacks_and_exploration():
         assert not step.parsed and parse_action(step.response, ["+", "-"]) == step.action  # text matches the move
 
 
+def test_a_rewritten_response_keeps_the_models_own_text_for_transcripts(tmp_path):
+    """A fallback's action is scored in the response, and the transcript still shows what the model wrote."""
+    from gflowvlm.evaluation import write_transcript
+    from gflowvlm.run_logger import format_trajectories
+
+    replies = iter(['{"thoughts": "jump far", "action": "jump"}', '{"thoughts": "up", "action": "+"}'] * 50)
+    generate = lambda prompts, seed: [next(replies) for _ in prompts]  # noqa: E731
+    trajectories = Collector(config(**{"env.num_envs": 1})).collect(generate, 0, unparseable="random")
+    steps = trajectories[0].steps
+    fallback, parsed = steps[0], steps[1]
+    assert not fallback.parsed and fallback.generated == '{"thoughts": "jump far", "action": "jump"}'
+    assert fallback.response == with_action(fallback.generated, fallback.action) and fallback.action in ("+", "-")
+    assert parsed.parsed and parsed.generated is None and parsed.response == '{"thoughts": "up", "action": "+"}'
+    no_action_field = Collector(config()).collect(lambda prompts, seed: ["not JSON"] * len(prompts), 0)
+    assert all(s.generated is None and s.response == "not JSON" for t in no_action_field for s in t.steps)
+
+    for text in (write_transcript(trajectories[:1], tmp_path).read_text(), format_trajectories(trajectories[:1])):
+        assert "response (the model's own): " + fallback.generated in text
+        assert "response (as scored, its action replaced by the one taken): " + fallback.response in text
+        assert "response: " + parsed.response in text
+
+    buffer = ReplayBuffer(capacity=2)  # replay states carry the field through a checkpoint
+    assert buffer.add(trajectories[0])
+    restored = ReplayBuffer(0)
+    restored.load_state_dict(json.loads(json.dumps(buffer.state_dict())))
+    assert restored.sample(1, random.Random(0))[0].steps[0].generated == fallback.generated
+
+
 def test_with_action_rewrites_only_the_value():
     response = '{"thoughts": "the action is +", "action": "+"}'
     assert with_action(response, "-") == '{"thoughts": "the action is +", "action": "-"}'
